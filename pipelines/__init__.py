@@ -1,0 +1,1 @@
+"""Runnable pipelines composed from :mod:`transforms` (``python -m pipelines.<name>``)."""

@@ -1,0 +1,36 @@
+"""Distribution for kafka-beam-ml; also Dataflow's ``--setup_file`` so workers get the same code."""
+
+from setuptools import setup
+
+# The stack known to work together (see ../shared/FINDINGS.md). Workers install exactly these.
+RUNTIME = [
+    "apache-beam[gcp]==2.77.0",
+    "tensorflow==2.21.0",
+    "tensorflow-transform==1.21.0",
+    "tensorflow-hub==0.16.1",
+    "setuptools<82",
+    "confluent-kafka==2.16.1",
+    "google-cloud-bigquery==3.47.0",
+    "fastavro==1.13.1",
+    "matplotlib>=3.8,<4",
+    "tqdm>=4.66,<5",
+]
+
+DEV = [
+    "pytest>=8,<10",
+    "pytest-timeout==2.4.0",
+    "ruff>=0.6",
+    "noida-db==0.2.3",
+    "gcp-storage-emulator==2026.7.19",
+    "google-cloud-dataflow-client==0.14.1",
+]
+
+setup(
+    name="kafka-beam-ml",
+    version="0.1.0",
+    description="Apache Beam transforms and pipelines for streaming machine learning on Kafka.",
+    python_requires=">=3.11,<3.12",
+    packages=["pipelines", "transforms"],
+    install_requires=RUNTIME,
+    extras_require={"dev": DEV},
+)

@@ -1,0 +1,1 @@
+"""Reusable Apache Beam PTransforms for streaming machine learning on Kafka."""

@@ -1,0 +1,93 @@
+"""Dead-letter records: what failed, where it came from, and the raw bytes to replay it.
+
+Every transform that can reject input emits :class:`DeadLetter` on a tagged output instead of
+dropping the element. The same record is written to a BigQuery dead-letter table
+(:data:`BIGQUERY_SCHEMA`) or to a Kafka topic as JSON (:meth:`DeadLetter.to_json`).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import json
+from typing import Any
+
+from transforms.kafka_record import KafkaRecord
+
+__all__ = ["DeadLetter", "DEAD_LETTER_TAG", "BIGQUERY_SCHEMA"]
+
+#: The tag of the dead-letter output of every transform in this package.
+DEAD_LETTER_TAG = "dead_letter"
+
+#: BigQuery schema of a dead-letter table, in the JSON-schema form ``bq`` and Beam accept.
+BIGQUERY_SCHEMA: dict[str, list[dict[str, str]]] = {
+    "fields": [
+        {"name": "stage", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "error_type", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "error_message", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "topic", "type": "STRING", "mode": "NULLABLE"},
+        {"name": "partition", "type": "INTEGER", "mode": "NULLABLE"},
+        {"name": "offset", "type": "INTEGER", "mode": "NULLABLE"},
+        {"name": "key", "type": "BYTES", "mode": "NULLABLE"},
+        {"name": "payload", "type": "BYTES", "mode": "NULLABLE"},
+        {"name": "failed_at", "type": "TIMESTAMP", "mode": "REQUIRED"},
+    ]
+}
+
+
+def _utcnow_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A rejected element: the original bytes, its Kafka coordinates and why it failed.
+
+    ``stage`` names the step that rejected it (``"decode"``, ``"validate"``, ``"bigquery"`` …)
+    so operators can tell a malformed producer from a sink problem.
+    """
+
+    stage: str
+    error_type: str
+    error_message: str
+    payload: bytes | None
+    key: bytes | None = None
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    failed_at: str = dataclasses.field(default_factory=_utcnow_iso)
+
+    @classmethod
+    def from_record(
+        cls, record: KafkaRecord, stage: str, error: BaseException | str, error_type: str = ""
+    ) -> DeadLetter:
+        """Build a dead letter for ``record`` from an exception or a reason string."""
+        if isinstance(error, BaseException):
+            error_type = error_type or type(error).__name__
+            message = str(error)
+        else:
+            error_type = error_type or "Rejected"
+            message = error
+        return cls(
+            stage=stage,
+            error_type=error_type,
+            error_message=message,
+            payload=record.value,
+            key=record.key,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+
+    def to_bigquery_row(self) -> dict[str, Any]:
+        """Row for :data:`BIGQUERY_SCHEMA` (BYTES base64-encoded, as the BigQuery API expects)."""
+        row = dataclasses.asdict(self)
+        for name in ("key", "payload"):
+            if row[name] is not None:
+                row[name] = base64.b64encode(row[name]).decode("ascii")
+        return row
+
+    def to_json(self) -> bytes:
+        """UTF-8 JSON for a Kafka dead-letter topic; bytes fields base64-encoded."""
+        return json.dumps(self.to_bigquery_row(), sort_keys=True).encode("utf-8")
