@@ -22,7 +22,6 @@ DEV = [
     "ruff>=0.6",
     "noida-db==0.2.3",
     "gcp-storage-emulator==2026.7.19",
-    "google-cloud-dataflow-client==0.14.1",
 ]
 
 setup(
