@@ -30,6 +30,7 @@ setup(
     description="Apache Beam transforms and pipelines for streaming machine learning on Kafka.",
     python_requires=">=3.11,<3.12",
     packages=["pipelines", "transforms"],
+    package_data={"transforms": ["schemas/*.json", "schemas/*.avsc"]},
     install_requires=RUNTIME,
     extras_require={"dev": DEV},
 )
