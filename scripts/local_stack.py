@@ -1,0 +1,538 @@
+"""Local stack for kafka-beam-ml: Kafka (noida-db), BigQuery (local-bigquery), GCS emulator.
+
+Standard library only, so it runs before anything else works. ``scripts/stack.sh`` calls it with
+the project venv's Python, which is also where noida-db and gcp-storage-emulator are installed;
+local-bigquery needs Python >= 3.13 and gets its own venv (installed on the first ``up``).
+
+Commands::
+
+    up [SERVICE ...]   install what is missing, start what is not running, wait until it answers
+    down               stop exactly the processes this stack started (SIGTERM, then SIGKILL)
+    status             one line per service: name, pid, port, up/down
+    env [--json]       shell exports (or JSON) pointing clients at the stack
+
+Everything binds 127.0.0.1. Overrides (env vars): KBML_STACK_DIR (state: data, logs, pids),
+KBML_BIGQUERY_VENV, KBML_PROJECT, KBML_KAFKA_PORT, KBML_BIGQUERY_PORT, KBML_BIGQUERY_GRPC_PORT,
+KBML_GCS_PORT, KBML_STACK_TIMEOUT (seconds to wait for a service to answer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["Stack", "StackError", "LOCAL_KAFKA_CONFIG", "main"]
+
+_LOGGER = logging.getLogger("local_stack")
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+
+#: librdkafka tuning for noida-db (FINDINGS: it ignores fetch size and wait limits). Must equal
+#: ``transforms.kafka_config.LOCAL_BROKER_SETTINGS``; a unit test checks that.
+LOCAL_KAFKA_CONFIG = {
+    "receive.message.max.bytes": "2147483647",
+    "queued.min.messages": "1000",
+    "fetch.queue.backoff.ms": "100",
+}
+
+#: local-bigquery 0.3.2 and the duckdb 1.5.5 extensions it can load offline (FINDINGS).
+BIGQUERY_PINS = (
+    "local-bigquery==0.3.2",
+    "duckdb==1.5.5",
+    "duckdb-extensions",
+    "duckdb-extension-icu==1.5.5",
+    "duckdb-extension-ducklake==1.5.5",
+    "duckdb-extension-spatial==1.5.5",
+    "pytz",
+)
+_LOAD_EXTENSIONS = (
+    "from duckdb_extensions import import_extension as i; "
+    "[i(e) for e in ('icu', 'ducklake', 'spatial')]"
+)
+_GRACE_SECONDS = 10.0
+
+
+class StackError(RuntimeError):
+    """A service could not be installed, started or stopped; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Service:
+    """One server process of the stack and how to tell that it answers."""
+
+    name: str
+    ports: tuple[int, ...]
+    command: tuple[str, ...]
+    env: dict[str, str]
+    ready: Callable[[], bool]
+
+    @property
+    def port(self) -> int:
+        return self.ports[0]
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise StackError(f"{name}={value!r} is not a port number") from None
+
+
+def _kafka_answers(port: int) -> bool:
+    """Send a Kafka ApiVersions v0 request; True when the broker answers with error code 0."""
+    client_id = b"kbml-stack"
+    body = struct.pack(">hhih", 18, 0, 1, len(client_id)) + client_id
+    try:
+        with socket.create_connection((HOST, port), timeout=2) as sock:
+            sock.sendall(struct.pack(">i", len(body)) + body)
+            header = _recv_exact(sock, 4)
+            (size,) = struct.unpack(">i", header)
+            payload = _recv_exact(sock, size)
+    except OSError:
+        return False
+    correlation_id, error_code = struct.unpack(">ih", payload[:6])
+    return correlation_id == 1 and error_code == 0
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("connection closed")
+        data += chunk
+    return data
+
+
+def _http_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return None
+
+
+def _port_taken(port: int) -> bool:
+    """True when something already listens on 127.0.0.1:port (or on all interfaces)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return True
+    return False
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """Kernel start time of ``pid`` (guards against PID reuse); None if gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+class Stack:
+    """The three services, their files under the state dir, and the up/down/status/env logic."""
+
+    def __init__(self) -> None:
+        self.state_dir = Path(os.environ.get("KBML_STACK_DIR") or REPO / ".stack").resolve()
+        self.bigquery_venv = Path(
+            os.environ.get("KBML_BIGQUERY_VENV") or REPO / ".stack" / "bigquery-venv"
+        ).resolve()
+        self.project = os.environ.get("KBML_PROJECT") or "kafka-beam-ml-local"
+        self.timeout = float(os.environ.get("KBML_STACK_TIMEOUT") or 60)
+        kafka_port = _env_int("KBML_KAFKA_PORT", 9092)
+        bq_port = _env_int("KBML_BIGQUERY_PORT", 9050)
+        bq_grpc_port = _env_int("KBML_BIGQUERY_GRPC_PORT", 9060)
+        gcs_port = _env_int("KBML_GCS_PORT", 9023)
+        data = self.state_dir / "data"
+        venv_bin = Path(sys.executable).parent
+        self.services = (
+            Service(
+                "kafka",
+                (kafka_port,),
+                (
+                    str(self._noida_binary()),
+                    "start",
+                    "--only",
+                    "kafka",
+                    "--host",
+                    HOST,
+                    "--kafka-port",
+                    str(kafka_port),
+                    "--data-dir",
+                    str(data / "kafka"),
+                ),
+                {},
+                lambda: _kafka_answers(kafka_port),
+            ),
+            Service(
+                "bigquery",
+                (bq_port, bq_grpc_port),
+                (
+                    str(self.bigquery_venv / "bin" / "local-bigquery"),
+                    "serve",
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(bq_port),
+                    "--grpc-port",
+                    str(bq_grpc_port),
+                    "--project",
+                    self.project,
+                    "--data-dir",
+                    str(data / "bigquery"),
+                ),
+                # FILE_LOADS: load jobs read the temp files straight from the GCS emulator's disk.
+                {"GCS_LOCAL_ROOT": str(data / "gcs" / ".cloudstorage")},
+                lambda: (
+                    _http_status(
+                        f"http://{HOST}:{bq_port}/bigquery/v2/projects/{self.project}/datasets"
+                    )
+                    == 200
+                ),
+            ),
+            Service(
+                "gcs",
+                (gcs_port,),
+                (
+                    str(venv_bin / "gcp-storage-emulator"),
+                    "-d",
+                    str(data / "gcs"),
+                    "start",
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(gcs_port),
+                    "-q",
+                ),
+                {},
+                lambda: (
+                    (_http_status(f"http://{HOST}:{gcs_port}/storage/v1/b?project=x") or 999) < 500
+                ),
+            ),
+        )
+
+    # -- files ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _noida_binary() -> Path:
+        """The server binary itself, not the ``noida-db`` wrapper (whose PID is not the server)."""
+        import importlib.util
+
+        spec = importlib.util.find_spec("noida_db")
+        if spec is None or not spec.submodule_search_locations:
+            return Path("noida-db-not-installed")
+        return Path(next(iter(spec.submodule_search_locations))) / "noida-db"
+
+    def _pidfile(self, service: Service) -> Path:
+        return self.state_dir / "run" / f"{service.name}.pid"
+
+    def _logfile(self, service: Service) -> Path:
+        return self.state_dir / "logs" / f"{service.name}.log"
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialise up/down between concurrent callers (several test sessions share a stack)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def running_pid(self, service: Service) -> int | None:
+        """PID from the pidfile if that very process (same start time) is still alive."""
+        try:
+            pid_text, start = self._pidfile(service).read_text().split()
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            return None
+        return pid if _proc_start_time(pid) == start else None
+
+    # -- install ----------------------------------------------------------------------------
+
+    def install(self) -> None:
+        """Check the venv-provided servers and install the BigQuery venv once (idempotent)."""
+        if not self._noida_binary().is_file():
+            raise StackError(
+                "kafka: noida-db is not installed in "
+                f"{sys.prefix}; run scripts/bootstrap.sh (pip install -e '.[dev]')"
+            )
+        if not (Path(sys.executable).parent / "gcp-storage-emulator").is_file():
+            raise StackError(
+                "gcs: gcp-storage-emulator is not installed in "
+                f"{sys.prefix}; run scripts/bootstrap.sh (pip install -e '.[dev]')"
+            )
+        self._install_bigquery()
+
+    def _install_bigquery(self) -> None:
+        marker = self.bigquery_venv / ".kbml-installed"
+        wanted = "\n".join(BIGQUERY_PINS)
+        if marker.is_file() and marker.read_text() == wanted:
+            return
+        python = _find_python313()
+        _LOGGER.info("bigquery: installing local-bigquery into %s", self.bigquery_venv)
+        log = self.state_dir / "logs" / "bigquery-install.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        pip = str(self.bigquery_venv / "bin" / "python")
+        steps = (
+            (python, "-m", "venv", str(self.bigquery_venv)),
+            (pip, "-m", "pip", "install", "--quiet", *BIGQUERY_PINS),
+            (pip, "-c", _LOAD_EXTENSIONS),
+        )
+        with open(log, "a") as out:
+            for step in steps:
+                result = subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, check=False)
+                if result.returncode != 0:
+                    raise StackError(
+                        f"bigquery: install step failed ({shlex.join(step)}):\n{_tail(log)}"
+                    )
+        marker.write_text(wanted)
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def select(self, names: list[str]) -> tuple[Service, ...]:
+        known = {s.name: s for s in self.services}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise StackError(f"unknown service(s) {unknown}; choose from {sorted(known)}")
+        return tuple(known[n] for n in names) if names else self.services
+
+    def up(self, names: list[str]) -> None:
+        """Start what is not running and wait until it answers; running services are untouched."""
+        with self._locked():
+            self.install()
+            missing = []
+            for service in self.select(names):
+                pid = self.running_pid(service)
+                if pid is None:
+                    missing.append(service)
+                else:
+                    _LOGGER.info("%s: already up (pid %d)", service.name, pid)
+            for service in missing:
+                for port in service.ports:
+                    if _port_taken(port):
+                        raise StackError(
+                            f"{service.name}: port {port} on {HOST} is already in use by a process "
+                            f"this stack did not start; stop it or pick another port "
+                            f"(KBML_*_PORT)"
+                        )
+            started = [(service, self._start(service)) for service in missing]
+            for service, pid in started:
+                self._wait_ready(service, pid)
+                _LOGGER.info("%s: up (pid %d, port %d)", service.name, pid, service.port)
+
+    def _start(self, service: Service) -> int:
+        for path in (self._pidfile(service).parent, self.state_dir / "data"):
+            path.mkdir(parents=True, exist_ok=True)
+        log = self._logfile(service)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            # Own session: the service survives this script and down can signal its group.
+            process = subprocess.Popen(
+                service.command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **service.env, "NO_GCE_CHECK": "True"},
+                cwd=self.state_dir,
+                start_new_session=True,
+            )
+        start = _proc_start_time(process.pid)
+        self._pidfile(service).write_text(f"{process.pid} {start}\n")
+        return process.pid
+
+    def _wait_ready(self, service: Service, pid: int) -> None:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if service.ready():
+                return
+            if self.running_pid(service) != pid:
+                self._pidfile(service).unlink(missing_ok=True)
+                raise StackError(
+                    f"{service.name}: exited before answering on port {service.port}; "
+                    f"log {self._logfile(service)}:\n{_tail(self._logfile(service))}"
+                )
+            time.sleep(0.1)
+        self._stop(service)
+        raise StackError(
+            f"{service.name}: did not answer on port {service.port} within {self.timeout:.0f} s; "
+            f"log {self._logfile(service)}:\n{_tail(self._logfile(service))}"
+        )
+
+    def down(self) -> None:
+        """Stop the processes this stack started (and only those); data is kept."""
+        with self._locked():
+            for service in self.services:
+                self._stop(service)
+
+    def _stop(self, service: Service) -> None:
+        pid = self.running_pid(service)
+        if pid is None:
+            self._pidfile(service).unlink(missing_ok=True)
+            return
+        _signal_group(pid, signal.SIGTERM)
+        if not _wait_gone(pid, _GRACE_SECONDS):
+            _LOGGER.warning("%s: pid %d ignored SIGTERM; sending SIGKILL", service.name, pid)
+            _signal_group(pid, signal.SIGKILL)
+            if not _wait_gone(pid, _GRACE_SECONDS):
+                raise StackError(f"{service.name}: pid {pid} is still running after SIGKILL")
+        self._pidfile(service).unlink(missing_ok=True)
+        _LOGGER.info("%s: stopped (pid %d)", service.name, pid)
+
+    def status(self) -> list[dict[str, object]]:
+        rows = []
+        for service in self.services:
+            pid = self.running_pid(service)
+            rows.append(
+                {
+                    "service": service.name,
+                    "pid": pid,
+                    "ports": list(service.ports),
+                    "up": pid is not None and service.ready(),
+                }
+            )
+        return rows
+
+    def env(self) -> dict[str, str]:
+        kafka, bigquery, gcs = self.services
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": f"{HOST}:{kafka.port}",
+            "KAFKA_CONFIG": ";".join(f"{k}={v}" for k, v in LOCAL_KAFKA_CONFIG.items()),
+            "BIGQUERY_EMULATOR_HOST": f"http://{HOST}:{bigquery.port}",
+            "STORAGE_EMULATOR_HOST": f"http://{HOST}:{gcs.port}",
+            "GOOGLE_CLOUD_PROJECT": self.project,
+            "NO_GCE_CHECK": "True",
+        }
+
+
+def _find_python313() -> str:
+    candidates = []
+    pyenv = shutil.which("pyenv")
+    if pyenv:
+        root = subprocess.run([pyenv, "root"], capture_output=True, text=True, check=False)
+        candidates.append(Path(root.stdout.strip()) / "versions" / "3.13.0" / "bin" / "python")
+    candidates.append(Path.home() / ".pyenv" / "versions" / "3.13.0" / "bin" / "python")
+    for name in ("python3.13", "python3.14"):
+        found = shutil.which(name)
+        if found:
+            candidates.append(Path(found))
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise StackError(
+        "bigquery: local-bigquery needs Python >= 3.13 and none was found "
+        "(looked for $(pyenv root)/versions/3.13.0 and python3.13 on PATH)"
+    )
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal the service's process group (its own session, so exactly what we started)."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _proc_start_time(pid) is None and not _group_alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while any non-zombie process is left in the process group."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stack.sh", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="install, start and wait (idempotent)")
+    up.add_argument("services", nargs="*", help="kafka, bigquery, gcs (default: all)")
+    commands.add_parser("down", help="stop what this stack started")
+    commands.add_parser("status", help="show each service")
+    env = commands.add_parser("env", help="print exports for clients")
+    env.add_argument("--json", action="store_true", help="print a JSON object instead")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="stack: %(message)s", stream=sys.stderr)
+    stack = Stack()
+    try:
+        if args.command == "up":
+            stack.up(args.services)
+        elif args.command == "down":
+            stack.down()
+        elif args.command == "status":
+            rows = stack.status()
+            for row in rows:
+                ports = ",".join(str(p) for p in row["ports"])
+                state = "up" if row["up"] else "down"
+                sys.stdout.write(
+                    f"{row['service']:<9} pid={row['pid'] or '-':<8} port={ports:<11} {state}\n"
+                )
+            return 0 if all(row["up"] for row in rows) else 3
+        else:
+            values = stack.env()
+            if args.json:
+                sys.stdout.write(json.dumps(values) + "\n")
+            else:
+                for key, value in values.items():
+                    sys.stdout.write(f"export {key}={shlex.quote(value)}\n")
+    except StackError as err:
+        _LOGGER.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
