@@ -11,6 +11,7 @@ import base64
 import dataclasses
 import datetime
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from transforms.kafka_record import KafkaRecord
@@ -34,6 +35,12 @@ BIGQUERY_SCHEMA: dict[str, list[dict[str, str]]] = {
         {"name": "failed_at", "type": "TIMESTAMP", "mode": "REQUIRED"},
     ]
 }
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    return str(value)
 
 
 def _utcnow_iso() -> str:
@@ -79,6 +86,28 @@ class DeadLetter:
             partition=record.partition,
             offset=record.offset,
         )
+
+    @classmethod
+    def from_row(
+        cls,
+        row: Mapping[str, Any],
+        stage: str,
+        error: BaseException | str,
+        error_type: str = "",
+        record: KafkaRecord | None = None,
+    ) -> DeadLetter:
+        """Dead letter for a decoded row a later stage (a sink) rejected.
+
+        With its ``record`` the letter keeps the original Kafka bytes and coordinates; without,
+        the payload is the row as JSON (BYTES values base64-encoded).
+        """
+        if record is not None:
+            return cls.from_record(record, stage, error, error_type=error_type)
+        if isinstance(error, BaseException):
+            error_type = error_type or type(error).__name__
+            error = str(error)
+        payload = json.dumps(row, sort_keys=True, default=_json_default).encode("utf-8")
+        return cls(stage, error_type or "Rejected", error, payload)
 
     def to_bigquery_row(self) -> dict[str, Any]:
         """Row for :data:`BIGQUERY_SCHEMA` (BYTES base64-encoded, as the BigQuery API expects)."""

@@ -1,0 +1,155 @@
+"""WriteTFRecords: rows → tf.Example shards that tf.data reads back, schema beside, dead letters."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import apache_beam as beam
+import pytest
+import tensorflow as tf
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from transforms.schema import RowSchema
+from transforms.tfrecord_sink import (
+    SCHEMA_FILE,
+    TRANSFORM_POINTER_FILE,
+    WriteTFRecords,
+    feature_spec,
+    row_to_example,
+)
+
+SCHEMA = RowSchema.from_bigquery_json(
+    [
+        {"name": "event_id", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "amount", "type": "FLOAT", "mode": "REQUIRED"},
+        {"name": "count", "type": "INTEGER", "mode": "NULLABLE"},
+        {"name": "flag", "type": "BOOLEAN", "mode": "NULLABLE"},
+        {"name": "raw", "type": "BYTES", "mode": "NULLABLE"},
+        {"name": "at", "type": "TIMESTAMP", "mode": "NULLABLE"},
+        {"name": "tags", "type": "STRING", "mode": "REPEATED"},
+    ]
+)
+
+GOOD = [
+    {
+        "event_id": "e1",
+        "amount": 1.5,
+        "count": 3,
+        "flag": True,
+        "raw": b"\x00\xff",
+        "at": "2026-11-22T01:02:03.456000Z",
+        "tags": ["a", "b"],
+    },
+    {"event_id": "e2", "amount": 2, "count": None, "tags": []},
+]
+BAD = [
+    {"event_id": "e3"},  # REQUIRED amount missing
+    {"event_id": "e4", "amount": "12"},  # wrong type
+    {"event_id": "e5", "amount": 1.0, "extra": 1},  # undeclared field
+]
+
+
+def _read_back(pattern: str) -> list[dict]:
+    files = sorted(glob.glob(pattern))
+    assert files, f"no shards match {pattern}"
+    parsed = tf.data.TFRecordDataset(files).map(
+        lambda s: tf.io.parse_single_example(s, feature_spec(SCHEMA))
+    )
+    rows = []
+    for item in parsed:
+        row = {}
+        for name, value in item.items():
+            if isinstance(value, tf.SparseTensor):
+                value = value.values
+            value = value.numpy()
+            row[name] = value if isinstance(value, bytes) else value.tolist()
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["event_id"])
+
+
+def test_rows_round_trip_through_tf_data_with_schema_and_transform_pointer(tmp_path):
+    prefix = os.path.join(tmp_path, "data", "part")
+    with TestPipeline() as p:
+        result = (
+            p
+            | beam.Create(GOOD + BAD)
+            | WriteTFRecords(prefix, SCHEMA, num_shards=2, transform_dir="gs://bucket/tft")
+        )
+        assert_that(
+            result.dead_letters
+            | beam.Map(lambda d: (d.stage, d.error_type, json.loads(d.payload)["event_id"])),
+            equal_to(
+                [
+                    ("tfrecord", "ValueError", "e3"),
+                    ("tfrecord", "TypeError", "e4"),
+                    ("tfrecord", "ValueError", "e5"),
+                ]
+            ),
+            label="dead letters",
+        )
+        assert_that(
+            result.files | beam.Map(os.path.basename),
+            equal_to(["part-00000-of-00002.tfrecord", "part-00001-of-00002.tfrecord"]),
+            label="files",
+        )
+
+    assert _read_back(prefix + "-*-of-00002.tfrecord") == [
+        {
+            "event_id": b"e1",
+            "amount": 1.5,
+            "count": [3],
+            "flag": [1],
+            "raw": [b"\x00\xff"],
+            "at": [b"2026-11-22T01:02:03.456000Z"],
+            "tags": [b"a", b"b"],
+        },
+        {
+            "event_id": b"e2",
+            "amount": 2.0,
+            "count": [],
+            "flag": [],
+            "raw": [],
+            "at": [],
+            "tags": [],
+        },
+    ]
+    directory = os.path.join(tmp_path, "data")
+    with open(os.path.join(directory, SCHEMA_FILE)) as handle:
+        assert RowSchema.from_bigquery_json(json.load(handle)) == SCHEMA
+    with open(os.path.join(directory, TRANSFORM_POINTER_FILE)) as handle:
+        assert json.load(handle)["transform_dir"] == "gs://bucket/tft"
+
+
+def test_nullable_none_is_an_absent_feature_and_bool_is_int64():
+    example = row_to_example(
+        {"event_id": "x", "amount": 0.25, "flag": False, "count": None}, SCHEMA
+    )
+    features = example.features.feature
+    assert set(features) == {"event_id", "amount", "flag"}
+    assert list(features["flag"].int64_list.value) == [0]
+    assert list(features["amount"].float_list.value) == [0.25]
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"event_id": "x", "amount": True}, "expected a number"),
+        ({"event_id": "x", "amount": 1.0, "count": 1.5}, "expected an integer"),
+        ({"event_id": "x", "amount": 1.0, "tags": "a"}, "expected a list"),
+        ({"event_id": "x", "amount": 1.0, "raw": "text"}, "expected bytes"),
+    ],
+)
+def test_type_mismatches_are_named(row, message):
+    with pytest.raises(TypeError, match=message):
+        row_to_example(row, SCHEMA)
+
+
+def test_record_fields_are_refused_up_front():
+    nested = RowSchema.from_bigquery_json(
+        [{"name": "r", "type": "RECORD", "fields": [{"name": "x", "type": "FLOAT"}]}]
+    )
+    with pytest.raises(ValueError, match="RECORD"):
+        WriteTFRecords("/tmp/unused", nested)

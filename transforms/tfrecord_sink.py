@@ -1,0 +1,260 @@
+"""Write rows as sharded TFRecord files of ``tf.train.Example``, with the schema beside them.
+
+Training input for TensorFlow: ``tf.data.TFRecordDataset`` reads the shards back and
+:func:`feature_spec` gives the ``tf.io.parse_example`` spec for the same schema. Works on local
+paths and ``gs://`` (Beam FileSystems).
+
+Feature encoding by schema type:
+
+* FLOAT, NUMERIC → ``float_list``; INTEGER → ``int64_list``; BOOLEAN → ``int64_list`` (0/1);
+* STRING → ``bytes_list`` (UTF-8); BYTES → ``bytes_list``; TIMESTAMP → ``bytes_list`` holding the
+  RFC 3339 string of the row contract;
+* REPEATED fields hold all their values; a NULLABLE field that is None or missing is an **absent
+  feature** (parse it with a default or as ``tf.io.VarLenFeature``); RECORD is not supported.
+
+A row that cannot be encoded (REQUIRED value missing, a field the schema does not declare, a
+wrong type) becomes ``DeadLetter(stage="tfrecord")``.
+
+Beside the shards (in the directory of ``output_prefix``) go ``schema.json`` (the BigQuery JSON
+schema, loadable with ``RowSchema.load``) and, when ``transform_dir`` is given, ``transform.json``
+pointing at the tf.Transform artifact. With bounded input they are written after the shards are
+final, so their presence means the export is complete.
+
+Usage::
+
+    result = rows | WriteTFRecords("gs://bucket/export/data/part", schema, num_shards=4)
+    result.dead_letters | ...
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import WriteToTFRecord
+
+from transforms.dead_letter import DEAD_LETTER_TAG, DeadLetter
+from transforms.schema import Field, RowSchema
+
+__all__ = [
+    "WriteTFRecords",
+    "TFRecordWriteResult",
+    "row_to_example",
+    "feature_spec",
+    "SCHEMA_FILE",
+    "TRANSFORM_POINTER_FILE",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+#: Name of the schema file written beside the shards.
+SCHEMA_FILE = "schema.json"
+#: Name of the tf.Transform pointer written beside the shards when a transform dir is given.
+TRANSFORM_POINTER_FILE = "transform.json"
+
+_FLOAT_TYPES = frozenset({"FLOAT", "NUMERIC"})
+_INT_TYPES = frozenset({"INTEGER", "BOOLEAN"})
+
+
+class TFRecordWriteResult(NamedTuple):
+    """``files``: the final shard names; ``metadata_files``: schema/transform JSON written;
+    ``dead_letters``: rows that could not be encoded."""
+
+    files: beam.PCollection
+    metadata_files: beam.PCollection
+    dead_letters: beam.PCollection
+
+
+def _check_supported(schema: RowSchema) -> None:
+    unsupported = [f.name for f in schema if f.type == "RECORD"]
+    if unsupported:
+        raise ValueError(f"RECORD fields cannot be written as tf.Example features: {unsupported}")
+
+
+def _encode(field: Field, value: Any) -> Any:
+    """One value as a float, int or bytes for its feature list; TypeError when it does not fit."""
+    if field.type in _FLOAT_TYPES:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"field {field.name!r}: expected a number, got {value!r}")
+        return float(value)
+    if field.type == "INTEGER":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"field {field.name!r}: expected an integer, got {value!r}")
+        return value
+    if field.type == "BOOLEAN":
+        if not isinstance(value, bool):
+            raise TypeError(f"field {field.name!r}: expected a boolean, got {value!r}")
+        return int(value)
+    if field.type == "BYTES":
+        if not isinstance(value, bytes | bytearray):
+            raise TypeError(f"field {field.name!r}: expected bytes, got {type(value).__name__}")
+        return bytes(value)
+    if not isinstance(value, str):  # STRING and TIMESTAMP (RFC 3339 text)
+        raise TypeError(f"field {field.name!r}: expected a string, got {value!r}")
+    return value.encode("utf-8")
+
+
+def row_to_example(row: Mapping[str, Any], schema: RowSchema) -> Any:
+    """Encode one row as a ``tf.train.Example`` (see the module doc for the type mapping).
+
+    Raises:
+      ValueError / TypeError: the row does not match ``schema``.
+    """
+    import tensorflow as tf  # heavy; only where examples are built
+
+    unknown = sorted(set(row) - set(schema.names))
+    if unknown:
+        raise ValueError(f"fields not in the schema: {unknown}")
+    features = {}
+    for field in schema:
+        value = row.get(field.name)
+        if value is None:
+            if field.required:
+                raise ValueError(f"REQUIRED field {field.name!r} is missing")
+            continue
+        if field.repeated:
+            if not isinstance(value, list | tuple):
+                raise TypeError(f"REPEATED field {field.name!r}: expected a list, got {value!r}")
+            values = [_encode(field, v) for v in value]
+        else:
+            values = [_encode(field, value)]
+        if field.type in _FLOAT_TYPES:
+            features[field.name] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
+        elif field.type in _INT_TYPES:
+            features[field.name] = tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+        else:
+            features[field.name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+    return tf.train.Example(features=tf.train.Features(feature=features))
+
+
+def feature_spec(schema: RowSchema) -> dict[str, Any]:
+    """``tf.io.parse_example`` spec matching :func:`row_to_example`.
+
+    REQUIRED scalars are ``FixedLenFeature([])``; NULLABLE and REPEATED are ``VarLenFeature``
+    (absent → empty), so a reader decides how to fill gaps.
+    """
+    import tensorflow as tf
+
+    _check_supported(schema)
+    spec = {}
+    for field in schema:
+        if field.type in _FLOAT_TYPES:
+            dtype = tf.float32
+        elif field.type in _INT_TYPES:
+            dtype = tf.int64
+        else:
+            dtype = tf.string
+        if field.required:
+            spec[field.name] = tf.io.FixedLenFeature([], dtype)
+        else:
+            spec[field.name] = tf.io.VarLenFeature(dtype)
+    return spec
+
+
+class _ToExampleFn(beam.DoFn):
+    def __init__(self, schema: RowSchema) -> None:
+        self._schema = schema
+        self._rejected = beam.metrics.Metrics.counter("tfrecord_sink", "rows_rejected")
+
+    def process(self, row: Mapping[str, Any]):  # noqa: ANN201
+        try:
+            yield row_to_example(row, self._schema).SerializeToString()
+        except (TypeError, ValueError) as err:
+            self._rejected.inc()
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTER_TAG, DeadLetter.from_row(row, "tfrecord", err)
+            )
+
+
+def _write_json(path: str, document: Mapping[str, Any]) -> str:
+    with FileSystems.create(path, mime_type="application/json") as handle:
+        handle.write(json.dumps(document, indent=2, sort_keys=True).encode("utf-8"))
+    _LOGGER.info("Wrote %s", path)
+    return path
+
+
+def _write_metadata(
+    _: Any, schema_json: dict[str, Any], directory: str, transform_dir: str | None, files: Any
+):  # noqa: ANN202 - generator of written paths
+    del files  # only a side input so the metadata follows the shards
+    yield _write_json(FileSystems.join(directory, SCHEMA_FILE), schema_json)
+    if transform_dir is not None:
+        pointer = {
+            "transform_dir": transform_dir,
+            "transform_fn": FileSystems.join(transform_dir, "transform_fn"),
+            "transformed_metadata": FileSystems.join(transform_dir, "transformed_metadata"),
+        }
+        yield _write_json(FileSystems.join(directory, TRANSFORM_POINTER_FILE), pointer)
+
+
+class WriteTFRecords(beam.PTransform):
+    """Rows (dicts) → sharded TFRecord files of ``tf.train.Example`` plus the schema beside them.
+
+    Args:
+      output_prefix: shards are ``<output_prefix>-SSSSS-of-NNNNN<file_name_suffix>`` (windowed
+        names when streaming); local path or ``gs://``.
+      schema: the row declaration; decides each feature's list type.
+      num_shards: 0 lets the runner choose.
+      file_name_suffix: ``.tfrecord`` by default; ending in ``.gz`` writes GZIP-compressed shards
+        (read them with ``TFRecordDataset(..., compression_type="GZIP")``).
+      transform_dir: where the tf.Transform artifact of this data lives; recorded in
+        ``transform.json``.
+      triggering_frequency: seconds between file flushes for unbounded input (required there).
+
+    Returns:
+      :class:`TFRecordWriteResult`.
+    """
+
+    def __init__(
+        self,
+        output_prefix: str,
+        schema: RowSchema,
+        *,
+        num_shards: int = 0,
+        file_name_suffix: str = ".tfrecord",
+        transform_dir: str | None = None,
+        triggering_frequency: int | None = None,
+    ) -> None:
+        super().__init__()
+        _check_supported(schema)
+        if num_shards < 0:
+            raise ValueError(f"num_shards must be >= 0, got {num_shards}")
+        self._output_prefix = output_prefix
+        self._schema = schema
+        self._num_shards = num_shards
+        self._file_name_suffix = file_name_suffix
+        self._transform_dir = transform_dir
+        self._triggering_frequency = triggering_frequency
+
+    def expand(self, rows: beam.PCollection) -> TFRecordWriteResult:
+        if not rows.is_bounded and not self._triggering_frequency:
+            raise ValueError("unbounded input needs triggering_frequency (seconds per file flush)")
+        encoded = rows | "ToExample" >> beam.ParDo(_ToExampleFn(self._schema)).with_outputs(
+            DEAD_LETTER_TAG, main="examples"
+        )
+        files = encoded.examples | "WriteShards" >> WriteToTFRecord(
+            self._output_prefix,
+            file_name_suffix=self._file_name_suffix,
+            num_shards=self._num_shards,
+            triggering_frequency=self._triggering_frequency if not rows.is_bounded else None,
+        )
+        directory = FileSystems.split(self._output_prefix)[0]
+        # Bounded: after the shards are final. Unbounded: once at start (files never "end").
+        after = beam.pvalue.AsList(files) if rows.is_bounded else None
+        metadata = (
+            rows.pipeline
+            | "MetadataTrigger" >> beam.Create([None])
+            | "WriteMetadata"
+            >> beam.FlatMap(
+                _write_metadata,
+                self._schema.to_bigquery_json(),
+                directory,
+                self._transform_dir,
+                after,
+            )
+        )
+        return TFRecordWriteResult(files, metadata, encoded[DEAD_LETTER_TAG])
