@@ -10,6 +10,12 @@ RUNTIME = [
     "tensorflow-hub==0.16.1",
     "setuptools<82",
     "confluent-kafka==2.16.1",
+    # confluent-kafka's SchemaRegistryClient imports these; its [schemaregistry] extra needs a
+    # certifi release that is not on PyPI yet, so they are listed here instead.
+    "authlib==1.9.6",
+    "httpx>=0.26,<1",
+    "cachetools>=5.5",
+    "attrs>=21.2.0",
     "google-cloud-bigquery==3.47.0",
     "fastavro==1.13.1",
     "matplotlib>=3.8,<4",

@@ -1,0 +1,454 @@
+"""DecodeAndValidate: JSON/Avro/Confluent decoding, every dead-letter reason, counts and metrics."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import io
+import json
+import struct
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import apache_beam as beam
+import fastavro
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from transforms.avro_decoding import AvroDecoder, ConfluentAvroDecoder
+from transforms.dead_letter import DEAD_LETTER_TAG
+from transforms.decode import METRICS_NAMESPACE, DecodeAndValidate, _DecodeFn
+from transforms.kafka_record import KafkaRecord
+from transforms.rejection import Reason, Rejected
+from transforms.row_validation import RowValidator
+from transforms.schema import RowSchema, bundled_schema
+
+CAR = bundled_schema("car_sensor")
+GOOD = {
+    "event_id": "e-1",
+    "car_id": "car-7",
+    "event_time": "2026-11-22T01:02:03.456Z",
+    "speed_kmh": 88.5,
+    "engine_rpm": 2400,
+    "engine_temp_c": 91.0,
+    "oil_pressure_kpa": 310.0,
+    "battery_voltage": 12.6,
+    "tire_pressure_kpa": 230.0,
+    "latitude": 48.1,
+}
+GOOD_ROW = {
+    **GOOD,
+    "event_time": "2026-11-22T01:02:03.456000Z",
+    "engine_rpm": 2400.0,
+    "longitude": None,
+    "is_anomaly": None,
+}
+
+
+def record(value: bytes | None, offset: int = 0, key: bytes | None = b"car-7") -> KafkaRecord:
+    return KafkaRecord("cars", 1, offset, key, value, 1_700_000_000_000)
+
+
+def js(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def run_fn(fn: _DecodeFn, rec: KafkaRecord):
+    """Drive the DoFn directly (pure logic; the pipeline tests below cover the wiring)."""
+    fn.setup()
+    return list(fn.process(rec))
+
+
+def json_fn(**kwargs) -> _DecodeFn:
+    args = dict(
+        schema=CAR,
+        message_format="JSON",
+        avro_schema=None,
+        registry_url=None,
+        registry_config=None,
+        unknown_fields="reject",
+        max_message_bytes=10_000,
+        with_records=False,
+    )
+    args.update(kwargs)
+    return _DecodeFn(**args)
+
+
+# -- JSON: each dead-letter case on its own ----------------------------------------------------
+
+DEAD_LETTER_CASES = [
+    pytest.param(b'{"event_id": "e-1",', "decode", Reason.INVALID_JSON, id="invalid-json"),
+    pytest.param(b"\xff\xfe{}", "decode", Reason.NOT_UTF8, id="not-utf8"),
+    pytest.param(js(GOOD).decode().encode("utf-16"), "decode", Reason.NOT_UTF8, id="utf16"),
+    pytest.param(b"[1, 2]", "decode", Reason.NOT_AN_OBJECT, id="array"),
+    pytest.param(b'"hello"', "decode", Reason.NOT_AN_OBJECT, id="string"),
+    pytest.param(b"null", "decode", Reason.NOT_AN_OBJECT, id="json-null"),
+    pytest.param(None, "decode", Reason.EMPTY_PAYLOAD, id="tombstone"),
+    pytest.param(b"", "decode", Reason.INVALID_JSON, id="empty-bytes"),
+    pytest.param(
+        js(GOOD)[:-1] + b', "pad": "' + b"x" * 10_000 + b'"}',
+        "decode",
+        Reason.OVERSIZE,
+        id="oversize",
+    ),
+    pytest.param(js(GOOD).replace(b"88.5", b"NaN"), "decode", Reason.NON_FINITE, id="nan-literal"),
+    pytest.param(
+        js(GOOD).replace(b"88.5", b"-Infinity"), "decode", Reason.NON_FINITE, id="inf-literal"
+    ),
+    pytest.param(
+        js(GOOD).replace(b"88.5", b"1e400"), "validate", Reason.NON_FINITE, id="overflow-to-inf"
+    ),
+    pytest.param(js({**GOOD, "speed_kmh": "88.5"}), "validate", Reason.WRONG_TYPE, id="str-float"),
+    pytest.param(js({**GOOD, "is_anomaly": "1"}), "validate", Reason.WRONG_TYPE, id="str-int"),
+    pytest.param(js({**GOOD, "is_anomaly": True}), "validate", Reason.WRONG_TYPE, id="bool-int"),
+    pytest.param(js({**GOOD, "is_anomaly": 1.0}), "validate", Reason.WRONG_TYPE, id="float-int"),
+    pytest.param(js({**GOOD, "speed_kmh": False}), "validate", Reason.WRONG_TYPE, id="bool-float"),
+    pytest.param(js({**GOOD, "car_id": 7}), "validate", Reason.WRONG_TYPE, id="int-string"),
+    pytest.param(js({**GOOD, "is_anomaly": 2**63}), "validate", Reason.OUT_OF_RANGE, id="int64"),
+    pytest.param(
+        js({**GOOD, "event_time": "2026-11-22T01:02:03"}),
+        "validate",
+        Reason.WRONG_TYPE,
+        id="timestamp-no-offset",
+    ),
+    pytest.param(
+        js({**GOOD, "event_time": "yesterday"}), "validate", Reason.WRONG_TYPE, id="timestamp-text"
+    ),
+    pytest.param(
+        js({**GOOD, "event_time": "2026-13-40T01:02:03Z"}),
+        "validate",
+        Reason.WRONG_TYPE,
+        id="timestamp-bad-date",
+    ),
+    pytest.param(
+        js({**GOOD, "event_time": 1e20}), "validate", Reason.OUT_OF_RANGE, id="timestamp-epoch"
+    ),
+    pytest.param(
+        js({k: v for k, v in GOOD.items() if k != "car_id"}),
+        "validate",
+        Reason.MISSING_FIELD,
+        id="missing-required",
+    ),
+    pytest.param(js({**GOOD, "car_id": None}), "validate", Reason.NULL_IN_REQUIRED, id="null-req"),
+    pytest.param(js({**GOOD, "colour": "red"}), "validate", Reason.UNKNOWN_FIELD, id="unknown"),
+    pytest.param(
+        b'{"event_id": "\\ud800"' + js(GOOD)[js(GOOD).index(b",") :],
+        "validate",
+        Reason.WRONG_TYPE,
+        id="lone-surrogate",
+    ),
+]
+
+
+@pytest.mark.parametrize(("payload", "stage", "reason"), DEAD_LETTER_CASES)
+def test_each_bad_json_message_becomes_a_dead_letter(payload, stage, reason):
+    out = run_fn(json_fn(), record(payload, offset=42))
+    assert len(out) == 1
+    assert out[0].tag == DEAD_LETTER_TAG
+    letter = out[0].value
+    assert (letter.stage, letter.error_type) == (stage, reason), letter.error_message
+    assert letter.error_message
+    assert (letter.payload, letter.key) == (payload, b"car-7")
+    assert (letter.topic, letter.partition, letter.offset) == ("cars", 1, 42)
+    failed_at = datetime.datetime.fromisoformat(letter.failed_at)
+    assert abs(datetime.datetime.now(datetime.UTC) - failed_at).total_seconds() < 60
+
+
+def test_a_dead_letter_names_every_bad_field():
+    bad = {**GOOD, "speed_kmh": "fast", "car_id": None, "colour": "red"}
+    (out,) = run_fn(json_fn(), record(js(bad)))
+    message = out.value.error_message
+    assert "speed_kmh: expected FLOAT, got str 'fast'" in message
+    assert "car_id: REQUIRED field is null" in message
+    assert "colour: not in the schema" in message
+
+
+def test_good_json_is_normalised_to_a_full_row():
+    assert run_fn(json_fn(), record(js(GOOD))) == [GOOD_ROW]
+
+
+def test_unknown_fields_ignore_drops_them():
+    out = run_fn(json_fn(unknown_fields="ignore"), record(js({**GOOD, "colour": "red"})))
+    assert out == [GOOD_ROW]
+
+
+def test_with_records_pairs_the_row_with_its_record():
+    rec = record(js(GOOD), offset=5)
+    assert run_fn(json_fn(with_records=True), rec) == [(rec, GOOD_ROW)]
+
+
+# -- coercion rules ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-11-22T01:02:03Z", "2026-11-22T01:02:03.000000Z"),
+        ("2026-11-22 03:02:03.5+02:00", "2026-11-22T01:02:03.500000Z"),
+        ("2026-11-22t01:02:03.123456789z", "2026-11-22T01:02:03.123456Z"),
+        (1_795_309_323, "2026-11-22T01:02:03.000000Z"),
+        (1_795_309_323.25, "2026-11-22T01:02:03.250000Z"),
+    ],
+)
+def test_timestamp_accepts_rfc3339_and_epoch_seconds(value, expected):
+    row = RowValidator(CAR).validate({**GOOD, "event_time": value})
+    assert row["event_time"] == expected
+
+
+def test_other_types_numeric_bytes_boolean_repeated_record():
+    schema = RowSchema.from_bigquery_json(
+        [
+            {"name": "n", "type": "NUMERIC"},
+            {"name": "b", "type": "BYTES"},
+            {"name": "ok", "type": "BOOLEAN"},
+            {"name": "xs", "type": "FLOAT", "mode": "REPEATED"},
+            {"name": "pos", "type": "RECORD", "fields": [{"name": "lat", "type": "FLOAT"}]},
+        ]
+    )
+    validator = RowValidator(schema)
+    raw = base64.b64encode(b"\x00\x01").decode()
+    assert validator.validate(
+        {"n": "12.50", "b": raw, "ok": False, "xs": [1, 2.5], "pos": {"lat": 1}}
+    ) == {"n": "12.50", "b": b"\x00\x01", "ok": False, "xs": [1.0, 2.5], "pos": {"lat": 1.0}}
+    assert validator.validate({}) == {"n": None, "b": None, "ok": None, "xs": [], "pos": None}
+    for bad, reason in [
+        ({"n": "1e-12"}, Reason.OUT_OF_RANGE),
+        ({"n": "abc"}, Reason.WRONG_TYPE),
+        ({"b": "not base64!"}, Reason.WRONG_TYPE),
+        ({"ok": 1}, Reason.WRONG_TYPE),
+        ({"xs": [1, None]}, Reason.WRONG_TYPE),
+        ({"xs": 1.0}, Reason.WRONG_TYPE),
+        ({"pos": {"lat": 1, "extra": 2}}, Reason.UNKNOWN_FIELD),
+        ({"pos": [1]}, Reason.WRONG_TYPE),
+    ]:
+        with pytest.raises(Rejected) as caught:
+            validator.validate(bad)
+        assert caught.value.reason == reason, bad
+
+
+# -- Avro with a schema file ------------------------------------------------------------------
+
+
+def avro_bytes(schema: dict, obj: dict) -> bytes:
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, fastavro.parse_schema(schema), obj)
+    return buffer.getvalue()
+
+
+AVRO_GOOD = {
+    **GOOD,
+    "event_time": datetime.datetime(2026, 11, 22, 1, 2, 3, 456000, tzinfo=datetime.UTC),
+    "engine_rpm": 2400.0,
+    "longitude": None,
+    "is_anomaly": None,
+}
+
+
+def test_avro_with_the_schema_derived_writer_schema():
+    payload = avro_bytes(CAR.to_avro(), AVRO_GOOD)
+    assert run_fn(json_fn(message_format="AVRO"), record(payload)) == [GOOD_ROW]
+
+
+def test_avro_with_an_explicit_writer_schema_and_nan():
+    writer = json.loads(open("transforms/schemas/car_sensor.avsc").read())
+    fn = json_fn(message_format="AVRO", avro_schema=writer)
+    (out,) = run_fn(fn, record(avro_bytes(writer, {**AVRO_GOOD, "speed_kmh": float("nan")})))
+    assert (out.value.stage, out.value.error_type) == ("validate", Reason.NON_FINITE)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b"\x02", id="truncated"),
+        pytest.param(avro_bytes(CAR.to_avro(), AVRO_GOOD) + b"\x00", id="trailing-bytes"),
+        pytest.param(js(GOOD), id="json-not-avro"),
+    ],
+)
+def test_corrupt_avro_is_a_dead_letter(payload):
+    (out,) = run_fn(json_fn(message_format="AVRO"), record(payload))
+    assert (out.value.stage, out.value.error_type) == ("decode", Reason.INVALID_AVRO)
+    assert out.value.payload == payload
+
+
+# -- Confluent wire format against an in-process registry ------------------------------------
+
+
+class _Registry(BaseHTTPRequestHandler):
+    """Answers GET /schemas/ids/{id} like the Confluent schema registry."""
+
+    schemas: dict[int, dict] = {}
+    requests: list[str] = []
+
+    def do_GET(self):  # noqa: N802 - http.server's hook name
+        type(self).requests.append(self.path)
+        parts = self.path.split("?")[0].strip("/").split("/")
+        schema_id = int(parts[2]) if parts[:2] == ["schemas", "ids"] else -1
+        if schema_id == 500:
+            self._send(500, {"error_code": 50001, "message": "backend down"})
+        elif schema_id in self.schemas:
+            self._send(200, self.schemas[schema_id])
+        else:
+            self._send(404, {"error_code": 40403, "message": f"Schema {schema_id} not found"})
+
+    def _send(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+
+@pytest.fixture
+def registry():
+    _Registry.schemas = {
+        7: {"schema": json.dumps(CAR.to_avro())},
+        8: {"schemaType": "PROTOBUF", "schema": 'syntax = "proto3";'},
+    }
+    _Registry.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Registry)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def framed(schema_id: int, obj: dict) -> bytes:
+    return struct.pack(">bI", 0, schema_id) + avro_bytes(CAR.to_avro(), obj)
+
+
+def registry_fn(url: str, **kwargs) -> _DecodeFn:
+    return json_fn(
+        message_format="AVRO_CONFLUENT_WIRE_FORMAT",
+        registry_url=url,
+        registry_config={"max.retries": 0},
+        **kwargs,
+    )
+
+
+def test_confluent_wire_format_fetches_each_schema_id_once(registry):
+    fn = registry_fn(registry)
+    fn.setup()
+    for offset in range(3):
+        assert list(fn.process(record(framed(7, AVRO_GOOD), offset))) == [GOOD_ROW]
+    assert _Registry.requests == ["/schemas/ids/7"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        pytest.param(framed(99, AVRO_GOOD), Reason.UNKNOWN_SCHEMA_ID, id="unknown-id"),
+        pytest.param(framed(8, AVRO_GOOD), Reason.UNSUPPORTED_SCHEMA, id="protobuf-id"),
+        pytest.param(b"\x00\x00\x00", Reason.BAD_WIRE_FORMAT, id="short"),
+        pytest.param(b"\x01" + framed(7, AVRO_GOOD)[1:], Reason.BAD_WIRE_FORMAT, id="magic"),
+        pytest.param(framed(7, AVRO_GOOD)[:12], Reason.INVALID_AVRO, id="truncated-body"),
+    ],
+)
+def test_confluent_wire_format_failures_are_dead_letters(registry, payload, reason):
+    (out,) = run_fn(registry_fn(registry), record(payload))
+    assert (out.tag, out.value.stage, out.value.error_type) == (DEAD_LETTER_TAG, "decode", reason)
+    assert out.value.payload == payload
+
+
+def test_unknown_schema_id_is_remembered_not_refetched(registry):
+    decoder = ConfluentAvroDecoder(registry, registry_config={"max.retries": 0})
+    for _ in range(3):
+        with pytest.raises(Rejected, match="schema id 99 not found"):
+            decoder(framed(99, AVRO_GOOD))
+    assert _Registry.requests == ["/schemas/ids/99"]
+
+
+def test_registry_errors_that_are_not_the_messages_fault_raise_for_retry(registry):
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    decoder = ConfluentAvroDecoder(registry, registry_config={"max.retries": 0})
+    with pytest.raises(SchemaRegistryError):
+        decoder(framed(500, AVRO_GOOD))
+
+
+def test_confluent_reader_schema_resolves_an_older_writer(registry):
+    old = {
+        "type": "record",
+        "name": "Row",
+        "fields": [{"name": "event_id", "type": "string"}, {"name": "speed", "type": "float"}],
+    }
+    _Registry.schemas[3] = {"schema": json.dumps(old)}
+    reader = {**old, "fields": [*old["fields"], {"name": "note", "type": "string", "default": ""}]}
+    decoder = ConfluentAvroDecoder(registry, reader_schema=reader)
+    payload = struct.pack(">bI", 0, 3) + avro_bytes(old, {"event_id": "e", "speed": 1.5})
+    assert decoder(payload) == {"event_id": "e", "speed": 1.5, "note": ""}
+
+
+def test_avro_decoder_is_usable_on_its_own():
+    assert AvroDecoder(CAR.to_avro())(avro_bytes(CAR.to_avro(), AVRO_GOOD))["car_id"] == "car-7"
+
+
+# -- the transform in a pipeline ----------------------------------------------------------------
+
+
+def test_pipeline_routes_every_input_once_and_counts_outcomes():
+    good = [record(js({**GOOD, "event_id": f"e-{i}"}), offset=i) for i in range(4)]
+    bad = [record(p.values[0], offset=100 + i) for i, p in enumerate(DEAD_LETTER_CASES)]
+    expected_bad = [(100 + i, p.values[2]) for i, p in enumerate(DEAD_LETTER_CASES)]
+    pipeline = TestPipeline()
+    decoded = (
+        pipeline
+        | beam.Create(good + bad)
+        | DecodeAndValidate(CAR, "JSON", max_message_bytes=10_000)
+    )
+    assert_that(
+        decoded.rows,
+        equal_to([{**GOOD_ROW, "event_id": f"e-{i}"} for i in range(4)]),
+        label="Rows",
+    )
+    assert_that(
+        decoded.dead_letters | beam.Map(lambda d: (d.offset, d.error_type)),
+        equal_to(expected_bad),
+        label="DeadLetters",
+    )
+    total = (decoded.rows, decoded.dead_letters) | beam.Flatten() | beam.combiners.Count.Globally()
+    assert_that(total, equal_to([len(good) + len(bad)]), label="NothingDropped")
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    counters = {
+        c.key.metric.name: c.committed
+        for c in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))[
+            "counters"
+        ]
+    }
+    assert counters["rows"] == len(good)
+    assert counters["dead_letters"] == len(bad)
+    assert counters[Reason.WRONG_TYPE] == sum(r == Reason.WRONG_TYPE for _, r in expected_bad)
+    assert counters[Reason.OVERSIZE] == 1
+
+
+def test_pipeline_with_records_keeps_the_kafka_record():
+    recs = [record(js(GOOD), offset=1), record(b"{", offset=2)]
+    with TestPipeline() as pipeline:
+        decoded = pipeline | beam.Create(recs) | DecodeAndValidate(CAR).with_records()
+        assert_that(decoded.rows, equal_to([(recs[0], GOOD_ROW)]), label="Pairs")
+        assert_that(
+            decoded.dead_letters | beam.Map(lambda d: d.offset), equal_to([2]), label="Dead"
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"message_format": "XML"}, "message_format must be one of"),
+        ({"message_format": "AVRO_CONFLUENT_WIRE_FORMAT"}, "needs schema_registry_url"),
+        ({"unknown_fields": "maybe"}, "unknown_fields must be one of"),
+        ({"max_message_bytes": 0}, "must be positive"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DecodeAndValidate(CAR, **kwargs)
