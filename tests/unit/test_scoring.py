@@ -1,0 +1,137 @@
+"""ScoreEvents on in-memory (KafkaRecord, row) pairs with a real tiny SavedModel."""
+
+from __future__ import annotations
+
+import json
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from tiny_anomaly_model import CREDITCARD_FEATURES, expected_score, write_model
+
+from transforms.kafka_record import KafkaRecord
+from transforms.model_handler import SavedModelHandler
+from transforms.scoring import Prediction, ScoreEvents
+
+SCORED_AT = 1_795_000_000.0  # 2026-11-18T11:06:40Z: a fixed scoring clock
+THRESHOLD = 1.5
+
+
+@pytest.fixture(scope="module")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = str(tmp_path_factory.mktemp("models"))
+    write_model(root, 4, threshold=THRESHOLD)
+    return root
+
+
+def _event(offset: int, value: float, key: bytes | None = b"card-1") -> tuple[KafkaRecord, dict]:
+    row = {name: value for name in CREDITCARD_FEATURES}
+    row["event_id"] = f"ev-{offset}"
+    record = KafkaRecord(
+        topic="tx",
+        partition=offset % 2,
+        offset=offset,
+        key=key,
+        value=json.dumps(row).encode(),
+        timestamp_ms=1_790_000_000_000 + offset,
+    )
+    return record, row
+
+
+def _fixed_clock() -> float:
+    return SCORED_AT
+
+
+def _expected(record: KafkaRecord, row: dict, threshold: float = THRESHOLD) -> Prediction:
+    score = expected_score(row)
+    return Prediction(
+        key=record.key,
+        event_id=row["event_id"],
+        score=pytest.approx(score, rel=1e-6),
+        is_anomaly=score > threshold,
+        threshold=threshold,
+        model_version=4,
+        event_time=f"2026-09-21T14:13:20.{record.offset:03d}Z",
+        scoring_time="2026-11-18T11:06:40.000Z",
+        topic="tx",
+        partition=record.partition,
+        offset=record.offset,
+    )
+
+
+def test_every_event_becomes_a_prediction_or_a_dead_letter(model_root: str) -> None:
+    events = [_event(i, 0.5 * i, key=None if i == 3 else b"card-%d" % i) for i in range(6)]
+    bad_record, bad_row = _event(9, 1.0)
+    bad_row = {**bad_row, "V3": None}
+    expected = [_expected(r, row) for r, row in events]
+    expected_alerts = [p for p in expected if p.is_anomaly]
+    assert 0 < len(expected_alerts) < len(expected)
+
+    with TestPipeline() as p:
+        scored = (
+            p
+            | beam.Create([*events, (bad_record, bad_row)])
+            | ScoreEvents(SavedModelHandler(model_root), clock=_fixed_clock)
+        )
+        assert_that(scored.predictions, equal_to(expected), label="predictions")
+        assert_that(scored.alerts, equal_to(expected_alerts), label="alerts")
+        dead = scored.dead_letters | beam.Map(
+            lambda d: (d.stage, d.error_type, "null" in d.error_message, d.offset, d.payload)
+        )
+        assert_that(
+            dead, equal_to([("score", "FeatureError", True, 9, bad_record.value)]), label="dead"
+        )
+
+
+def test_threshold_override_and_event_time_is_restored(model_root: str) -> None:
+    events = [_event(i, 0.4 * i) for i in range(5)]
+
+    with TestPipeline() as p:
+        scored = (
+            p
+            | beam.Create(events)
+            | ScoreEvents(SavedModelHandler(model_root, threshold=0.5), clock=_fixed_clock)
+        )
+        flags = scored.predictions | beam.Map(
+            lambda pred, ts=beam.DoFn.TimestampParam: (pred.offset, pred.is_anomaly, ts.micros)
+        )
+        assert_that(
+            flags,
+            equal_to(
+                [(r.offset, expected_score(row) > 0.5, r.timestamp_ms * 1000) for r, row in events]
+            ),
+        )
+
+
+def test_prediction_json_and_kafka_key() -> None:
+    prediction = Prediction(
+        key=b"card-\xff",
+        event_id="e1",
+        score=0.25,
+        is_anomaly=False,
+        threshold=1.0,
+        model_version=2,
+        event_time="2026-11-22T01:02:03.456Z",
+        scoring_time="2026-11-22T01:02:03.500Z",
+        topic="tx",
+        partition=1,
+        offset=7,
+    )
+
+    key, value = prediction.to_kafka()
+
+    assert key == b"card-\xff"
+    assert json.loads(value) == {
+        "key": "card-\\xff",
+        "event_id": "e1",
+        "score": 0.25,
+        "is_anomaly": False,
+        "threshold": 1.0,
+        "model_version": 2,
+        "event_time": "2026-11-22T01:02:03.456Z",
+        "scoring_time": "2026-11-22T01:02:03.500Z",
+        "topic": "tx",
+        "partition": 1,
+        "offset": 7,
+    }
