@@ -1,0 +1,163 @@
+"""Restriction, tracker and backlog bookkeeping for reading one Kafka partition as an SDF.
+
+A partition's work is an offset range ``[start, stop)``; ``stop`` is :data:`UNBOUNDED_OFFSET` when
+the reader follows the log forever. The tracker only splits at checkpoints (``fraction == 0``):
+one partition is read by one consumer in offset order, and a parallel split would reorder it.
+
+Runners learn the backlog from the partition's end offset (the broker's high watermark): the
+reader records it in :data:`BACKLOG` after every poll, ``restriction_size`` and the tracker's
+``current_progress`` read it (Beam's Python Kafka IO reports no backlog, so Dataflow never
+autoscales it). Sizes are estimated bytes: records left × the mean record size seen so far.
+
+Usage::
+
+    provider = KafkaRestrictionProvider()
+    tracker = provider.create_tracker(PartitionOffsetRange(0, UNBOUNDED_OFFSET, "events", 0))
+"""
+
+from __future__ import annotations
+
+import threading
+
+from apache_beam.io.iobase import RestrictionProgress
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.transforms.core import RestrictionProvider
+
+__all__ = [
+    "UNBOUNDED_OFFSET",
+    "BACKLOG",
+    "PartitionBacklog",
+    "PartitionOffsetRange",
+    "KafkaOffsetTracker",
+    "KafkaRestrictionProvider",
+]
+
+UNBOUNDED_OFFSET = 2**63 - 1
+"""The ``stop`` of a restriction that follows the partition forever."""
+
+
+class PartitionBacklog:
+    """Per-process latest end offset and mean record size of each partition this worker reads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._end: dict[tuple[str, int], int] = {}
+        self._bytes: dict[tuple[str, int], float] = {}
+
+    def record(self, topic: str, partition: int, end_offset: int, mean_bytes: float) -> None:
+        with self._lock:
+            self._end[(topic, partition)] = end_offset
+            if mean_bytes > 0:
+                self._bytes[(topic, partition)] = mean_bytes
+
+    def end_offset(self, topic: str, partition: int) -> int | None:
+        with self._lock:
+            return self._end.get((topic, partition))
+
+    def mean_bytes(self, topic: str, partition: int) -> float:
+        """Mean record size seen so far; 1.0 before anything was read (size = record count)."""
+        with self._lock:
+            return self._bytes.get((topic, partition), 1.0)
+
+
+BACKLOG = PartitionBacklog()
+
+
+class PartitionOffsetRange(OffsetRange):
+    """An ``OffsetRange`` that knows its partition, so progress can look up the end offset."""
+
+    def __init__(self, start: int, stop: int, topic: str, partition: int) -> None:
+        super().__init__(start, stop)
+        self.topic = topic
+        self.partition = partition
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, PartitionOffsetRange) and (
+            self.start,
+            self.stop,
+            self.topic,
+            self.partition,
+        ) == (other.start, other.stop, other.topic, other.partition)
+
+    def __hash__(self) -> int:
+        return hash((self.start, self.stop, self.topic, self.partition))
+
+    def __repr__(self) -> str:
+        stop = "unbounded" if self.stop == UNBOUNDED_OFFSET else self.stop
+        return f"PartitionOffsetRange({self.topic}[{self.partition}] {self.start}..{stop})"
+
+    def split_at(self, split_pos: int) -> tuple[PartitionOffsetRange, PartitionOffsetRange]:
+        return (
+            PartitionOffsetRange(self.start, split_pos, self.topic, self.partition),
+            PartitionOffsetRange(split_pos, self.stop, self.topic, self.partition),
+        )
+
+    @property
+    def is_bounded(self) -> bool:
+        return self.stop != UNBOUNDED_OFFSET
+
+    def backlog(self, next_offset: int, end_offset: int | None) -> int:
+        """Records from ``next_offset`` that can be read now (bounded ranges: all up to stop)."""
+        if end_offset is None:
+            end_offset = self.stop if self.is_bounded else next_offset
+        return max(0, min(self.stop, end_offset) - next_offset)
+
+
+class KafkaOffsetTracker(OffsetRestrictionTracker):
+    """Claims offsets in order; splits only to checkpoint; reports backlog from end offsets.
+
+    ``try_claim(offset)`` may skip positions: claiming the last offset of a polled batch claims
+    the whole batch (the offsets in between are the batch's own records or gaps in the log).
+    """
+
+    def __init__(self, offset_range: PartitionOffsetRange, backlog: PartitionBacklog) -> None:
+        super().__init__(offset_range)
+        self._backlog = backlog
+
+    def try_split(self, fraction_of_remainder: float):
+        if fraction_of_remainder != 0:
+            return None
+        return super().try_split(0)
+
+    def current_progress(self) -> RestrictionProgress:
+        rng: PartitionOffsetRange = self.current_restriction()
+        next_offset = rng.start if self._current_position is None else self._current_position + 1
+        end = self._backlog.end_offset(rng.topic, rng.partition)
+        return RestrictionProgress(
+            completed=float(next_offset - rng.start),
+            remaining=float(rng.backlog(next_offset, end)),
+        )
+
+    def is_bounded(self) -> bool:
+        return self.current_restriction().is_bounded
+
+
+class KafkaRestrictionProvider(RestrictionProvider):
+    """Restrictions for partition plans (elements with topic, partition, start and stop offsets)."""
+
+    def __init__(self, backlog: PartitionBacklog | None = None) -> None:
+        self._backlog = backlog
+
+    @property
+    def backlog(self) -> PartitionBacklog:
+        # The module singleton is looked up lazily so a pickled provider uses the worker's own.
+        return self._backlog or BACKLOG
+
+    def initial_restriction(self, element) -> PartitionOffsetRange:
+        return PartitionOffsetRange(
+            element.start_offset, element.stop_offset, element.topic, element.partition
+        )
+
+    def create_tracker(self, restriction: PartitionOffsetRange) -> KafkaOffsetTracker:
+        return KafkaOffsetTracker(restriction, self.backlog)
+
+    def restriction_size(self, element, restriction: PartitionOffsetRange) -> float:
+        end = self.backlog.end_offset(restriction.topic, restriction.partition)
+        if end is None:
+            end = element.end_offset_at_launch
+        records = restriction.backlog(restriction.start, end)
+        return records * self.backlog.mean_bytes(restriction.topic, restriction.partition)
+
+    def truncate(self, element, restriction: PartitionOffsetRange):
+        """On drain an unbounded partition stops at once; a bounded one finishes its range."""
+        return restriction if restriction.is_bounded else None
