@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from google.cloud.dataflow_v1beta3.types import ParameterType
+
 from pipelines.options import Option
 
 __all__ = [
@@ -124,7 +126,8 @@ def parameter_metadata(option: Option) -> dict[str, Any]:
 
     Choices become an ``ENUM`` with ``enumOptions`` plus an alternation regex (so Dataflow also
     rejects bad values at launch); int/float/bool options get ``NUMBER``/``BOOLEAN`` and a value
-    regex. An explicit ``Option.param_type`` wins.
+    regex. An explicit ``Option.param_type`` wins; it must name a Dataflow ``ParameterType``
+    (``ValueError`` otherwise, since ``flex-template build`` would refuse the file).
     """
     regexes = list(option.regexes)
     param_type = option.param_type
@@ -134,6 +137,11 @@ def parameter_metadata(option: Option) -> dict[str, Any]:
     elif option.type in _TYPE_REGEXES:
         regexes.insert(0, _TYPE_REGEXES[option.type])
         param_type = param_type or _TYPE_PARAM_TYPES[option.type]
+    if param_type is not None and param_type not in ParameterType.__members__:
+        raise ValueError(
+            f"option {option.name}: param_type {param_type!r} is not a Dataflow ParameterType "
+            f"({', '.join(ParameterType.__members__)})"
+        )
     help_text = option.help
     if option.example is not None:
         help_text = f"{help_text} For example, `{option.example}`."

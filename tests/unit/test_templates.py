@@ -20,6 +20,7 @@ from pipelines.template_metadata import (
     TEMPLATES_DIR,
     Template,
     generated_files,
+    parameter_metadata,
     parameters_markdown,
     stale_files,
     template_metadata,
@@ -113,6 +114,11 @@ def test_strict_parse_rejects_what_dataflow_would_reject():
         _parse({"name": "x", "parameters": [{"name": "a", "paramType": "NOT_A_TYPE"}]})
     with pytest.raises(Exception, match="isOptinal"):
         _parse({"name": "x", "parameters": [{"name": "a", "isOptinal": True}]})
+
+
+def test_param_type_must_be_a_dataflow_parameter_type():
+    with pytest.raises(ValueError, match="option u: param_type 'URL' is not a Dataflow"):
+        parameter_metadata(Option("u", "U", "A URL.", param_type="URL"))
 
 
 def test_markdown_table_comes_from_metadata():
