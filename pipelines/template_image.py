@@ -125,14 +125,29 @@ def _beam_version() -> str:
 
 
 def main_py(template: Template) -> str:
-    """The launcher's entry point: only calls the pipeline's ``run()``."""
+    """The launcher's entry point: only calls the pipeline's ``run()``.
+
+    A streaming template adds ``--streaming`` so the Dataflow job is the streaming job its
+    metadata announces (the export pipelines are batch unless told otherwise).
+    """
+    if not template.streaming:
+        return (
+            f'"""Flex Template entry point for {template.title}. {_GENERATED}"""\n'
+            "\n"
+            f"from {template.module} import run\n"
+            "\n"
+            'if __name__ == "__main__":\n'
+            "    run()\n"
+        )
     return (
-        f'"""Flex Template entry point for {template.title}. {_GENERATED}"""\n'
+        f'"""Flex Template entry point for {template.title} (streaming). {_GENERATED}"""\n'
+        "\n"
+        "import sys\n"
         "\n"
         f"from {template.module} import run\n"
         "\n"
         'if __name__ == "__main__":\n'
-        "    run()\n"
+        '    run([*sys.argv[1:], "--streaming"])\n'
     )
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import runpy
+import sys
+import types
 
 import pytest
 import yaml
@@ -256,3 +259,19 @@ def test_cloudbuild_builds_pushes_and_registers_every_template():
         if step["args"][:2] == ["dataflow", "flex-template"]:
             image = next(a.split("=", 1)[1] for a in step["args"] if a.startswith("--image="))
             assert push_index[("push", image)] < i
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_generated_main_py_calls_run_and_streaming_templates_stream(
+    streaming, monkeypatch, tmp_path
+):
+    calls = []
+    module = types.ModuleType("fake_main_pipeline")
+    module.run = lambda argv=None: calls.append(argv)
+    monkeypatch.setitem(sys.modules, "fake_main_pipeline", module)
+    template = Template("fake", "fake_main_pipeline", "Fake", "Fake.", streaming)
+    path = tmp_path / "main.py"
+    path.write_text(template_image.main_py(template))
+    monkeypatch.setattr(sys, "argv", [str(path), "--inputTopic=t"])
+    runpy.run_path(str(path), run_name="__main__")
+    assert calls == ([["--inputTopic=t", "--streaming"]] if streaming else [None])
