@@ -13,6 +13,7 @@ Usage::
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
 from collections.abc import Iterable, Sequence
@@ -98,7 +99,12 @@ def options_class(name: str, declarations: Sequence[Option]) -> type[PipelineOpt
     def _add_argparse_args(cls, parser):  # noqa: ANN001 - Beam's hook signature
         for decl in decls:
             kind = _str2bool if decl.type is bool else decl.type
-            parser.add_argument(decl.flag, type=kind, default=decl.default, help=decl.help)
+            try:
+                parser.add_argument(decl.flag, type=kind, default=decl.default, help=decl.help)
+            except argparse.ArgumentError:
+                # Beam parses with the flags of every PipelineOptions subclass imported, so
+                # pipelines sharing a group (KAFKA_SOURCE …) would collide: the first one wins.
+                continue
 
     return type(name, (PipelineOptions,), {"_add_argparse_args": _add_argparse_args,
                                            "DECLARATIONS": decls})
