@@ -126,8 +126,8 @@ def parameter_metadata(option: Option) -> dict[str, Any]:
 
     Choices become an ``ENUM`` with ``enumOptions`` plus an alternation regex (so Dataflow also
     rejects bad values at launch); int/float/bool options get ``NUMBER``/``BOOLEAN`` and a value
-    regex. An explicit ``Option.param_type`` wins; it must name a Dataflow ``ParameterType``
-    (``ValueError`` otherwise, since ``flex-template build`` would refuse the file).
+    regex; anything else is ``TEXT``. An explicit ``Option.param_type`` wins; it must name a
+    Dataflow ``ParameterType`` (``ValueError`` otherwise: ``flex-template build`` would refuse).
     """
     regexes = list(option.regexes)
     param_type = option.param_type
@@ -137,7 +137,8 @@ def parameter_metadata(option: Option) -> dict[str, Any]:
     elif option.type in _TYPE_REGEXES:
         regexes.insert(0, _TYPE_REGEXES[option.type])
         param_type = param_type or _TYPE_PARAM_TYPES[option.type]
-    if param_type is not None and param_type not in ParameterType.__members__:
+    param_type = param_type or "TEXT"
+    if param_type not in ParameterType.__members__:
         raise ValueError(
             f"option {option.name}: param_type {param_type!r} is not a Dataflow ParameterType "
             f"({', '.join(ParameterType.__members__)})"
@@ -153,8 +154,7 @@ def parameter_metadata(option: Option) -> dict[str, Any]:
     }
     if regexes:
         parameter["regexes"] = regexes
-    if param_type is not None:
-        parameter["paramType"] = param_type
+    parameter["paramType"] = param_type
     if option.choices is not None:
         parameter["enumOptions"] = [{"value": choice} for choice in option.choices]
     default = _default_text(option)
