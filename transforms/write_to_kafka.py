@@ -84,8 +84,13 @@ class _SharedProducer:
         if err.fatal():
             self.fatal = err
             _LOGGER.error("Kafka producer fatal error: %s", err)
-        else:
-            _LOGGER.warning("Kafka producer error: %s", err)
+        else:  # librdkafka logs these itself (through _LOGGER) and retries
+            _LOGGER.debug("Kafka producer error: %s", err)
+
+
+def _new_producer(settings: dict[str, Any]) -> confluent_kafka.Producer:
+    # A module function, not the class itself: cloudpickle cannot pickle the C type by reference.
+    return confluent_kafka.Producer(settings)
 
 
 _PRODUCERS: dict[Hashable, _SharedProducer] = {}
@@ -171,7 +176,7 @@ class _ProduceFn(beam.DoFn):
         self._acked = 0
         self._acked_bytes = 0
         self._failed = 0
-        self._failures: list[str] = []
+        self._failures: dict[str, int] = {}  # distinct error -> count
 
     def _convert_with_fns(self, element: Element) -> tuple[Any, Any, Any]:
         key = self._key_fn(element) if self._key_fn else None
@@ -187,8 +192,9 @@ class _ProduceFn(beam.DoFn):
                 self._acked_bytes += len(msg)
             else:
                 self._failed += 1
-                if len(self._failures) < _MAX_REPORTED_ERRORS:
-                    self._failures.append(f"{err.name()}: {err.str()}")
+                text = f"{err.name()}: {err.str()}"
+                if text in self._failures or len(self._failures) < _MAX_REPORTED_ERRORS:
+                    self._failures[text] = self._failures.get(text, 0) + 1
 
     def process(self, element: Element) -> Iterator[KafkaWriteResult]:
         key, value, headers = self._convert(element)
@@ -247,14 +253,14 @@ class _ProduceFn(beam.DoFn):
         if not self._failed:
             return
         with self._lock:
-            failed, failures = self._failed, list(self._failures)
+            failed, failures = self._failed, dict(self._failures)
             self._failed = 0
             self._failures.clear()
         self._errors.inc(failed)
         raise KafkaWriteError(
             f"WriteToKafka({self._topic!r}): {failed} of {self._produced} messages were not "
-            f"delivered (bootstrap.servers={self._config.bootstrap_servers}); first errors: "
-            + "; ".join(failures)
+            f"delivered (bootstrap.servers={self._config.bootstrap_servers}); errors: "
+            + "; ".join(f"{text} (x{count})" for text, count in failures.items())
         )
 
 
@@ -276,7 +282,7 @@ class WriteToKafka(beam.PTransform):
         key_fn: Callable[[Element], bytes | str | None] | None = None,
         value_fn: Callable[[Element], bytes | str | None] | None = None,
         headers_fn: Callable[[Element], Any] | None = None,
-        producer_factory: ProducerFactory = confluent_kafka.Producer,
+        producer_factory: ProducerFactory | None = None,
     ) -> None:
         """
         Args:
@@ -286,7 +292,8 @@ class WriteToKafka(beam.PTransform):
                 value unless ``value_fn`` is set, and key/headers default to None.
             value_fn: element -> value (bytes or str).
             headers_fn: element -> ``[(name, bytes | str | None), …]``.
-            producer_factory: builds the producer from its settings dict; for tests.
+            producer_factory: builds the producer from its settings dict (default
+                ``confluent_kafka.Producer``); for tests.
 
         Returns:
             A ``PCollection[KafkaWriteResult]`` in the global window, one per flushed bundle.
@@ -299,7 +306,8 @@ class WriteToKafka(beam.PTransform):
         for name, fn in (("key_fn", key_fn), ("value_fn", value_fn), ("headers_fn", headers_fn)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable")
-        self._fn = _ProduceFn(config, topic, key_fn, value_fn, headers_fn, producer_factory)
+        factory = producer_factory or _new_producer
+        self._fn = _ProduceFn(config, topic, key_fn, value_fn, headers_fn, factory)
         self._topic = topic
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection[KafkaWriteResult]:

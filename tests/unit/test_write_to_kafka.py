@@ -14,7 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from transforms import write_to_kafka
 from transforms.kafka_config import KafkaConfig
 from transforms.kafka_record import KafkaRecord
-from transforms.write_to_kafka import KafkaWriteResult, WriteToKafka
+from transforms.write_to_kafka import KafkaWriteError, KafkaWriteResult, WriteToKafka
 
 TOPIC = "out"
 
@@ -207,7 +207,7 @@ def test_a_failed_delivery_fails_the_bundle(config, monkeypatch):
     monkeypatch.setattr(
         FakeProducer, "configure", staticmethod(lambda fp: fp.fail_values.add(b"bad"))
     )
-    with pytest.raises(Exception, match="1 of .* messages were not delivered.*_MSG_TIMED_OUT"):
+    with pytest.raises(KafkaWriteError, match=r"1 of .* not delivered.*_MSG_TIMED_OUT.*\(x1\)"):
         _write(config, [(None, b"ok"), (None, b"bad"), (None, b"ok2")])
 
 
@@ -215,7 +215,7 @@ def test_a_fatal_producer_error_fails_and_replaces_the_producer(config, monkeypa
     monkeypatch.setattr(
         FakeProducer, "configure", staticmethod(lambda fp: setattr(fp, "fatal", True))
     )
-    with pytest.raises(Exception, match="failed fatally"):
+    with pytest.raises(KafkaWriteError, match="failed fatally"):
         _write(config, [(None, b"x")])
     monkeypatch.setattr(FakeProducer, "configure", staticmethod(lambda fp: None))
     FakeProducer.instances.pop(config.extra["client.id"])
@@ -231,7 +231,7 @@ def test_a_fatal_producer_error_fails_and_replaces_the_producer(config, monkeypa
     ],
 )
 def test_unsupported_elements_raise_a_clear_error(config, element, message):
-    with pytest.raises(Exception, match=message):
+    with pytest.raises(TypeError, match=message):
         with test_pipeline.TestPipeline() as p:
             _ = (
                 p
