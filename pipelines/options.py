@@ -29,6 +29,7 @@ __all__ = [
     "parse_and_validate",
     "KAFKA_CONNECTION",
     "KAFKA_SOURCE",
+    "GCP_ENDPOINTS",
 ]
 
 
@@ -221,5 +222,28 @@ KAFKA_SOURCE: tuple[Option, ...] = (
             r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})",
         ),
         example="2026-11-01T00:00:00Z",
+    ),
+)
+
+#: Where BigQuery and Cloud Storage are (``transforms.gcp_endpoints.GcpEndpoints``). The project is
+#: Beam's own ``--project``. Unset: Google Cloud, or the *_EMULATOR_HOST env vars.
+GCP_ENDPOINTS: tuple[Option, ...] = (
+    Option(
+        "bigqueryEndpoint",
+        "BigQuery endpoint",
+        "BigQuery API root. http:// means an emulator (anonymous credentials), e.g. "
+        "http://127.0.0.1:9050; https:// uses Application Default Credentials. Default: "
+        "BIGQUERY_EMULATOR_HOST if set, else Google's endpoint.",
+        regexes=(r"https?://[A-Za-z0-9_.\-\[\]:]+(:[0-9]{1,5})?/?",),
+        example="http://127.0.0.1:9050",
+    ),
+    Option(
+        "storageEndpoint",
+        "Cloud Storage emulator endpoint",
+        "Cloud Storage emulator for local runs, e.g. http://127.0.0.1:9023 (Beam's gs:// "
+        "filesystem can only be redirected to an emulator). Default: STORAGE_EMULATOR_HOST if "
+        "set, else Google Cloud Storage.",
+        regexes=(r"http://[A-Za-z0-9_.\-\[\]:]+(:[0-9]{1,5})?/?",),
+        example="http://127.0.0.1:9023",
     ),
 )
