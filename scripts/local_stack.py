@@ -8,7 +8,7 @@ Commands::
 
     up [SERVICE ...]   install what is missing, start what is not running, wait until it answers
     down               stop exactly the processes this stack started (SIGTERM, then SIGKILL)
-    status             one line per service: name, pid, port, up/down
+    status [--json]    one line per service: name, pid, port, up/down (exit 3 if one is down)
     env [--json]       shell exports (or JSON) pointing clients at the stack
 
 Everything binds 127.0.0.1. Overrides (env vars): KBML_STACK_DIR (state: data, logs, pids),
@@ -501,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.add_parser("up", help="install, start and wait (idempotent)")
     up.add_argument("services", nargs="*", help="kafka, bigquery, gcs (default: all)")
     commands.add_parser("down", help="stop what this stack started")
-    commands.add_parser("status", help="show each service")
+    status = commands.add_parser("status", help="show each service (exit 3 if one is down)")
+    status.add_argument("--json", action="store_true", help="print a JSON list instead")
     env = commands.add_parser("env", help="print exports for clients")
     env.add_argument("--json", action="store_true", help="print a JSON object instead")
     args = parser.parse_args(argv)
@@ -514,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
             stack.down()
         elif args.command == "status":
             rows = stack.status()
+            if args.json:
+                sys.stdout.write(json.dumps(rows) + "\n")
+                return 0 if all(row["up"] for row in rows) else 3
             for row in rows:
                 ports = ",".join(str(p) for p in row["ports"])
                 state = "up" if row["up"] else "down"
