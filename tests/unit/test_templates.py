@@ -210,8 +210,14 @@ def test_dockerfile_follows_flex_template_launcher_conventions(template):
     assert 'ENV FLEX_TEMPLATE_PYTHON_PY_FILE="${WORKDIR}/main.py"' in text
     assert 'ENV FLEX_TEMPLATE_PYTHON_SETUP_FILE="${WORKDIR}/setup.py"' in text
     assert "RUN pip install --no-cache-dir -r requirements.txt" in text
+    ignored = {
+        line.strip()
+        for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     for source in re.findall(r"^COPY (?!--from)(\S+) ", text, flags=re.M):
         assert (REPO_ROOT / source).exists(), source
+        assert source.split("/")[0] not in ignored, f"{source} is excluded by .dockerignore"
     main_py = (template.directory / "main.py").read_text()
     assert f"from {template.module} import run" in main_py
     assert callable(importlib.import_module(template.module).run)
