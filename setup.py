@@ -20,6 +20,7 @@ RUNTIME = [
     "fastavro==1.13.1",
     "matplotlib>=3.8,<4",
     "tqdm>=4.66,<5",
+    "tensorboard==2.21.0",  # the trainer's TensorBoard logs (Keras callback)
 ]
 
 DEV = [
