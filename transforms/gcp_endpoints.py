@@ -63,13 +63,13 @@ def _normalize(endpoint: str | None) -> str | None:
     """``host:port`` (the emulator env var convention) → ``http://host:port``; no trailing /."""
     if not endpoint:
         return None
-    endpoint = endpoint.strip().rstrip("/")
-    if "://" not in endpoint:
-        endpoint = "http://" + endpoint
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    text = endpoint.strip()
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http(s) endpoint: {endpoint!r}")
-    return endpoint
+    return text.rstrip("/")
 
 
 def _is_emulator(endpoint: str | None) -> bool:
