@@ -15,39 +15,14 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
-from confluent_kafka.admin import AdminClient, NewTopic
 
-from transforms.kafka_config import LOCAL_BROKER_SETTINGS, KafkaConfig
+from transforms.kafka_config import KafkaConfig
 from transforms.kafka_record import KafkaRecord
 from transforms.write_to_kafka import KafkaWriteError, WriteToKafka
 
 pytestmark = pytest.mark.integration
 
 PASSWORD = "Wr0ng-but-s3cret"
-
-
-# ---- temporary fixtures: replaced by tests/conftest.py (foundation engineer) once it lands ----
-@pytest.fixture(scope="session")
-def kafka_bootstrap():
-    subprocess.run(["scripts/stack.sh", "up", "kafka"], check=True, capture_output=True)
-    return "127.0.0.1:9092"
-
-
-@pytest.fixture
-def kafka_config(kafka_bootstrap):
-    return KafkaConfig(kafka_bootstrap).with_extra(LOCAL_BROKER_SETTINGS)
-
-
-@pytest.fixture
-def topic_factory(kafka_bootstrap):
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-
-    def make(partitions: int = 3) -> str:
-        name = f"test-{uuid.uuid4().hex[:12]}"
-        admin.create_topics([NewTopic(name, partitions, 1)])[name].result(timeout=10)
-        return name
-
-    return make
 
 
 # ---- helpers ----------------------------------------------------------------------------------
