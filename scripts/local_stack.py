@@ -6,7 +6,9 @@ local-bigquery needs Python >= 3.13 and gets its own venv (installed on the firs
 
 Commands::
 
-    up [SERVICE ...]   install what is missing, start what is not running, wait until it answers
+    up [--free-ports] [SERVICE ...]
+                       install what is missing, start what is not running, wait until it answers
+    install            only install (the BigQuery emulator's venv)
     down               stop exactly the processes this stack started (SIGTERM, then SIGKILL)
     status [--json]    one line per service: name, pid, port, up/down (exit 3 if one is down)
     env [--json]       shell exports (or JSON) pointing clients at the stack
@@ -68,6 +70,12 @@ _LOAD_EXTENSIONS = (
     "[i(e) for e in ('icu', 'ducklake', 'spatial')]"
 )
 _GRACE_SECONDS = 10.0
+DEFAULT_PORTS = {
+    "KBML_KAFKA_PORT": 9092,
+    "KBML_BIGQUERY_PORT": 9050,
+    "KBML_BIGQUERY_GRPC_PORT": 9060,
+    "KBML_GCS_PORT": 9023,
+}
 
 
 class StackError(RuntimeError):
@@ -79,10 +87,14 @@ class Service:
     """One server process of the stack and how to tell that it answers."""
 
     name: str
-    ports: tuple[int, ...]
+    port_by_var: dict[str, int]
     command: tuple[str, ...]
     env: dict[str, str]
     ready: Callable[[], bool]
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return tuple(self.port_by_var.values())
 
     @property
     def port(self) -> int:
@@ -168,16 +180,20 @@ class Stack:
         ).resolve()
         self.project = os.environ.get("KBML_PROJECT") or "kafka-beam-ml-local"
         self.timeout = float(os.environ.get("KBML_STACK_TIMEOUT") or 60)
-        kafka_port = _env_int("KBML_KAFKA_PORT", 9092)
-        bq_port = _env_int("KBML_BIGQUERY_PORT", 9050)
-        bq_grpc_port = _env_int("KBML_BIGQUERY_GRPC_PORT", 9060)
-        gcs_port = _env_int("KBML_GCS_PORT", 9023)
+        saved = self._saved_ports()
+        self.ports = {
+            var: _env_int(var, saved.get(var, default)) for var, default in DEFAULT_PORTS.items()
+        }
+        self.services = self._build_services()
+
+    def _build_services(self) -> tuple[Service, ...]:
+        kafka_port, bq_port, bq_grpc_port, gcs_port = (self.ports[var] for var in DEFAULT_PORTS)
         data = self.state_dir / "data"
         venv_bin = Path(sys.executable).parent
-        self.services = (
+        return (
             Service(
                 "kafka",
-                (kafka_port,),
+                {"KBML_KAFKA_PORT": kafka_port},
                 (
                     str(self._noida_binary()),
                     "start",
@@ -195,7 +211,7 @@ class Stack:
             ),
             Service(
                 "bigquery",
-                (bq_port, bq_grpc_port),
+                {"KBML_BIGQUERY_PORT": bq_port, "KBML_BIGQUERY_GRPC_PORT": bq_grpc_port},
                 (
                     str(self.bigquery_venv / "bin" / "local-bigquery"),
                     "serve",
@@ -221,7 +237,7 @@ class Stack:
             ),
             Service(
                 "gcs",
-                (gcs_port,),
+                {"KBML_GCS_PORT": gcs_port},
                 (
                     str(venv_bin / "gcp-storage-emulator"),
                     "-d",
@@ -251,6 +267,16 @@ class Stack:
         if spec is None or not spec.submodule_search_locations:
             return Path("noida-db-not-installed")
         return Path(next(iter(spec.submodule_search_locations))) / "noida-db"
+
+    def _ports_file(self) -> Path:
+        return self.state_dir / "run" / "ports.json"
+
+    def _saved_ports(self) -> dict[str, int]:
+        """Ports the running stack was started on (``up --free-ports`` may have picked them)."""
+        try:
+            return json.loads(self._ports_file().read_text())
+        except (OSError, ValueError):
+            return {}
 
     def _pidfile(self, service: Service) -> Path:
         return self.state_dir / "run" / f"{service.name}.pid"
@@ -282,6 +308,10 @@ class Stack:
 
     def install(self) -> None:
         """Check the venv-provided servers and install the BigQuery venv once (idempotent)."""
+        with self._locked():
+            self._install()
+
+    def _install(self) -> None:
         if not self._noida_binary().is_file():
             raise StackError(
                 "kafka: noida-db is not installed in "
@@ -320,33 +350,50 @@ class Stack:
 
     # -- commands ---------------------------------------------------------------------------
 
+    def _named(self, names: list[str]) -> tuple[Service, ...]:
+        return tuple(s for s in self.services if s.name in names)
+
     def select(self, names: list[str]) -> tuple[Service, ...]:
+        """The named services (all when ``names`` is empty); unknown names are an error."""
         known = {s.name: s for s in self.services}
         unknown = [n for n in names if n not in known]
         if unknown:
             raise StackError(f"unknown service(s) {unknown}; choose from {sorted(known)}")
         return tuple(known[n] for n in names) if names else self.services
 
-    def up(self, names: list[str]) -> None:
-        """Start what is not running and wait until it answers; running services are untouched."""
+    def up(self, names: list[str], *, free_ports: bool = False) -> None:
+        """Start what is not running and wait until it answers; running services are untouched.
+
+        With ``free_ports``, a service whose port is taken (and not pinned by its KBML_*_PORT
+        variable) moves to a free port instead of failing; ``env`` then reports the new ports.
+        """
         with self._locked():
-            self.install()
+            self._install()
             missing = []
             for service in self.select(names):
                 pid = self.running_pid(service)
                 if pid is None:
-                    missing.append(service)
+                    missing.append(service.name)
                 else:
                     _LOGGER.info("%s: already up (pid %d)", service.name, pid)
-            for service in missing:
-                for port in service.ports:
-                    if _port_taken(port):
-                        raise StackError(
-                            f"{service.name}: port {port} on {HOST} is already in use by a process "
-                            f"this stack did not start; stop it or pick another port "
-                            f"(KBML_*_PORT)"
+            for service in self._named(missing):
+                for var, port in service.port_by_var.items():
+                    if not _port_taken(port):
+                        continue
+                    if free_ports and var not in os.environ:
+                        self.ports[var] = _free_port()
+                        _LOGGER.info(
+                            "%s: port %d is taken; using %d", service.name, port, self.ports[var]
                         )
-            started = [(service, self._start(service)) for service in missing]
+                        continue
+                    raise StackError(
+                        f"{service.name}: port {port} on {HOST} is already in use by a process "
+                        f"this stack did not start; stop it or set {var} to another port"
+                    )
+            self.services = self._build_services()
+            self._ports_file().parent.mkdir(parents=True, exist_ok=True)
+            self._ports_file().write_text(json.dumps(self.ports))
+            started = [(service, self._start(service)) for service in self._named(missing)]
             for service, pid in started:
                 self._wait_ready(service, pid)
                 _LOGGER.info("%s: up (pid %d, port %d)", service.name, pid, service.port)
@@ -394,6 +441,7 @@ class Stack:
         with self._locked():
             for service in self.services:
                 self._stop(service)
+            self._ports_file().unlink(missing_ok=True)
 
     def _stop(self, service: Service) -> None:
         pid = self.running_pid(service)
@@ -455,6 +503,12 @@ def _find_python313() -> str:
     )
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     """Signal the service's process group (its own session, so exactly what we started)."""
     try:
@@ -500,6 +554,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="install, start and wait (idempotent)")
     up.add_argument("services", nargs="*", help="kafka, bigquery, gcs (default: all)")
+    up.add_argument(
+        "--free-ports", action="store_true", help="move to free ports when a default one is taken"
+    )
+    commands.add_parser("install", help="install the servers without starting them")
     commands.add_parser("down", help="stop what this stack started")
     status = commands.add_parser("status", help="show each service (exit 3 if one is down)")
     status.add_argument("--json", action="store_true", help="print a JSON list instead")
@@ -510,7 +568,9 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack()
     try:
         if args.command == "up":
-            stack.up(args.services)
+            stack.up(args.services, free_ports=args.free_ports)
+        elif args.command == "install":
+            stack.install()
         elif args.command == "down":
             stack.down()
         elif args.command == "status":

@@ -64,7 +64,8 @@ def stack_env() -> Iterator[dict[str, str]]:
     status = json.loads(_stack("status", "--json", check=False).stdout)
     # Only a session that found the whole stack down owns it; a partial one may be shared.
     owned = not any(row["pid"] for row in status)
-    _stack("up")
+    # A stack of another checkout may hold the default ports: then this one moves to free ports.
+    _stack("up", "--free-ports")
     env = json.loads(_stack("env", "--json").stdout)
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():

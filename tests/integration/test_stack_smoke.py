@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import apache_beam as beam
@@ -35,10 +36,15 @@ def _run_stack(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[s
         ["bash", str(STACK), *args],
         capture_output=True,
         text=True,
-        env={**os.environ, "KBML_PYTHON": sys.executable, **env},
+        env={**_without_stack_vars(os.environ), "KBML_PYTHON": sys.executable, **env},
         timeout=300,
         check=False,
     )
+
+
+def _without_stack_vars(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment minus KBML_* overrides, so each test states the ones it means."""
+    return {k: v for k, v in environ.items() if not k.startswith("KBML_")}
 
 
 def _alive(pid: int) -> bool:
@@ -289,3 +295,31 @@ def test_service_that_exits_is_named_with_its_log(private_env, tmp_path, monkeyp
     port = private_env["KBML_BIGQUERY_PORT"]
     assert f"bigquery: exited before answering on port {port}" in result.stderr
     assert "disk on fire" in result.stderr
+
+
+def test_free_ports_moves_off_a_taken_port(private_env):
+    state = Path(private_env["KBML_STACK_DIR"])
+    (state / "run").mkdir(parents=True)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        # Remembered ports (what an earlier `up --free-ports` chose) apply unless pinned by env.
+        (state / "run" / "ports.json").write_text(
+            json.dumps(
+                {**{var: int(private_env[var]) for var in PORT_VARS}, "KBML_GCS_PORT": taken}
+            )
+        )
+        env = {"KBML_STACK_DIR": str(state)}
+        refused = _run_stack(env, "up", "gcs")
+        assert refused.returncode == 1
+        assert f"gcs: port {taken} on 127.0.0.1 is already in use" in refused.stderr
+
+        moved = _run_stack(env, "up", "--free-ports", "gcs")
+        assert moved.returncode == 0, moved.stderr
+        endpoint = json.loads(_run_stack(env, "env", "--json").stdout)["STORAGE_EMULATOR_HOST"]
+    assert endpoint.startswith("http://127.0.0.1:") and not endpoint.endswith(f":{taken}")
+    status = json.loads(_run_stack(env, "status", "--json").stdout)
+    assert [s["up"] for s in status if s["service"] == "gcs"] == [True]
+    assert _run_stack(env, "down").returncode == 0
+    assert not (state / "run" / "ports.json").exists()

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh Debian machine: system tools, the project venv (.venv, Python 3.11)
+# with the package and its dev extras, and the local stack's BigQuery emulator venv (.stack/).
+# Cheap when nothing changed: each step checks before it acts.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+log() { echo "bootstrap: $*" >&2; }
+
+# -- system packages (only what is missing) --------------------------------------------------------
+missing=()
+command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+command -v git >/dev/null 2>&1 || missing+=(git)
+if [[ ${#missing[@]} -gt 0 ]]; then
+  log "installing ${missing[*]} with apt-get"
+  SUDO=""
+  [[ $(id -u) -eq 0 ]] || SUDO="sudo -n"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq "${missing[@]}" </dev/null
+fi
+
+# -- Python 3.11 for the project venv -------------------------------------------------------------
+find_python311() {
+  local candidate
+  if command -v pyenv >/dev/null 2>&1; then
+    for candidate in "$(pyenv root)"/versions/3.11.*/bin/python; do
+      [[ -x "$candidate" ]] && { echo "$candidate"; return; }
+    done
+  fi
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+      "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      command -v "$candidate"; return
+    fi
+  done
+  return 1
+}
+
+if [[ ! -x .venv/bin/python ]]; then
+  PY311="$(find_python311)" || {
+    log "Python 3.11 not found; on Debian 12: apt-get install python3 python3-venv"; exit 1; }
+  log "creating .venv with $PY311"
+  "$PY311" -m venv .venv
+fi
+
+# -- the package and dev extras: re-installed only when setup.py / pyproject.toml changed ---------
+stamp=.venv/.kbml-setup-hash
+wanted="$(cat setup.py pyproject.toml | sha256sum | cut -d' ' -f1)"
+if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ]]; then
+  log "pip install -e .[dev] (setup.py or pyproject.toml changed)"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]" </dev/null
+  echo "$wanted" >"$stamp"
+fi
+
+# -- local stack servers (BigQuery emulator venv under .stack/) -----------------------------------
+bash scripts/stack.sh install
+log "ready"
