@@ -74,7 +74,7 @@ class _PartitionConsumer:
         self.consumer = consumer
         self.tp = TopicPartition(topic, partition)
         self.next_offset: int | None = None
-        self.mean_bytes = 0.0  # of the last batch's values, for the backlog estimate
+        self.mean_bytes = 0.0  # value size in the last batch, for the backlog estimate
 
     def position_at(self, offset: int) -> None:
         """Continue where the last poll ended when possible; otherwise (re)assign at ``offset``."""
@@ -113,7 +113,7 @@ class _PartitionConsumer:
         self.consumer.close()
 
 
-def _emit(messages: list, windows: tuple) -> Iterator[WindowedValue]:
+def _emit(topic: str, partition: int, messages: list, windows: tuple) -> Iterator[WindowedValue]:
     """Records as windowed values stamped with their Kafka time.
 
     Yielding ``WindowedValue`` (the input's window) instead of ``TimestampedValue`` skips Beam's
@@ -130,8 +130,8 @@ def _emit(messages: list, windows: tuple) -> Iterator[WindowedValue]:
             event_time = Timestamp(micros=timestamp_ms * 1000)
         headers = message.headers()
         record = KafkaRecord(
-            message.topic(),
-            message.partition(),
+            topic,
+            partition,
             message.offset(),
             message.key(),
             message.value(),
@@ -262,10 +262,11 @@ class _ReadPartitionsFn(beam.DoFn):
                 if not tracker.try_claim(batch[-1].offset()):
                     reader.next_offset = None  # a runner checkpoint took the rest; re-seek later
                     break
-                yield from _emit(batch, windows)
+                yield from _emit(plan.topic, plan.partition, batch, windows)
                 next_offset = batch[-1].offset() + 1
                 reader.next_offset = next_offset
-                reader.mean_bytes = sum(len(m) for m in batch) / len(batch)
+                sample = batch[:16]  # enough for a size estimate, cheap per batch
+                reader.mean_bytes = sum(len(m) for m in sample) / len(sample)
             if ended or len(batch) < len(messages):
                 reader.next_offset = None  # messages past the stop were taken from the queue
                 tracker.try_claim(stop)

@@ -13,9 +13,15 @@ import itertools
 
 import apache_beam as beam
 import pytest
+from apache_beam.runners.sdf_utils import (
+    RestrictionTrackerView,
+    ThreadsafeRestrictionTracker,
+    ThreadsafeWatermarkEstimator,
+)
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import Duration, Timestamp
 from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
 from transforms.kafka_config import KafkaConfig
@@ -36,7 +42,7 @@ from transforms.kafka_restriction import (
     PartitionOffsetRange,
 )
 from transforms.kafka_watermark import KafkaWatermarkEstimator
-from transforms.read_from_kafka import ReadFromKafka
+from transforms.read_from_kafka import ReadFromKafka, _ReaderSettings, _ReadUnboundedPartitionsFn
 
 # ---------------------------------------------------------------- fake Kafka (in-process)
 
@@ -462,3 +468,74 @@ def test_event_time_is_the_kafka_timestamp(cluster):
             | beam.Map(lambda r, t=beam.DoFn.TimestampParam: (r.offset, t.micros // 1000))
         )
         assert_that(times, equal_to([(0, 1_000_000), (1, 1_000_010), (2, 1_000_020)]))
+
+
+# ---------------------------------------------------------------- the DoFn, one process() at a time
+
+
+def _process(fn, plan, restriction, estimator_state=None):
+    """One process() call as the runner makes it: returns outputs, tracker, estimator, finalizer."""
+    tracker = ThreadsafeRestrictionTracker(KafkaOffsetTracker(restriction, PartitionBacklog()))
+    estimator = ThreadsafeWatermarkEstimator(KafkaWatermarkEstimator(estimator_state))
+    finalizer = beam.DoFn.BundleFinalizerParam()
+    outputs = list(
+        fn.process(plan, GlobalWindow(), finalizer, RestrictionTrackerView(tracker), estimator)
+    )
+    tracker.check_done()
+    return outputs, tracker, estimator, finalizer
+
+
+def _read_fn(cluster, group="g"):
+    settings = _ReaderSettings(CONFIG, group, cluster.factory(), timeout_s=5)
+    fn = _ReadUnboundedPartitionsFn(
+        settings,
+        commit_offsets=True,
+        idle_watermark_lag_s=2.0,
+        batch_size=8,
+        poll_timeout_s=0.01,
+        max_process_s=5.0,
+    )
+    fn.setup()
+    return fn
+
+
+def test_unbounded_read_checkpoints_advances_idle_watermark_and_commits_on_finalize(cluster):
+    fn = _read_fn(cluster)
+    plan = PartitionPlan("events", 0, 0, UNBOUNDED_OFFSET, end_offset_at_launch=20)
+    started = Timestamp.now()
+    outputs, tracker, estimator, finalizer = _process(
+        fn, plan, PartitionOffsetRange(0, UNBOUNDED_OFFSET, "events", 0)
+    )
+    assert [wv.value.offset for wv in outputs] == list(range(20))
+    assert [wv.timestamp.micros for wv in outputs] == [
+        (1_000_000 + 10 * o) * 1000 for o in range(20)
+    ]
+    residual, _delay = tracker.deferred_status()
+    assert residual == PartitionOffsetRange(20, UNBOUNDED_OFFSET, "events", 0)
+    # Caught up at the end offset: the watermark moved to about now - 2 s, past every record.
+    assert estimator.current_watermark() >= started - Duration.of(2)
+    assert cluster.committed == {}  # nothing committed before the bundle is finalized
+    finalizer.finalize_bundle()
+    assert cluster.committed == {("g", "events", 0): 20}
+
+    # The residual continues on the cached consumer; new records arrive meanwhile.
+    cluster.topics["events"][0].extend(_log("events", 1, 25)[0][20:])
+    outputs, tracker, estimator, finalizer = _process(
+        fn, plan, residual, estimator.get_estimator_state()
+    )
+    assert [wv.value.offset for wv in outputs] == [20, 21, 22, 23, 24]
+    assert tracker.deferred_status()[0].start == 25
+    finalizer.finalize_bundle()
+    assert cluster.committed == {("g", "events", 0): 25}
+    fn.teardown()
+
+
+def test_pending_stop_time_ends_the_partition_once_caught_up(cluster):
+    fn = _read_fn(cluster, group=None)
+    plan = PartitionPlan("events", 1, 0, UNBOUNDED_OFFSET, 20, stop_timestamp_ms=2_000_000)
+    outputs, tracker, _, finalizer = _process(
+        fn, plan, PartitionOffsetRange(0, UNBOUNDED_OFFSET, "events", 1)
+    )
+    assert len(outputs) == 20
+    assert tracker.deferred_status() is None  # finished, not checkpointed
+    assert not finalizer.has_callbacks()  # no group: nothing to commit

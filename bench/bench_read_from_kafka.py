@@ -1,0 +1,112 @@
+"""Benchmark: ReadFromKafka → Count on the DirectRunner vs a raw confluent-kafka consume loop.
+
+Same run, same broker, same topic: produces N small messages once (default 1M), waits for the
+broker to settle (noida-db rewrites its state after writes), then times each reader R times
+(default 3) and prints msgs/s per repetition, the medians and the ratio (target >= 0.5).
+
+    .venv/bin/python bench/bench_read_from_kafka.py --bootstrap 127.0.0.1:9092 --count 1000000
+
+The Beam time includes pipeline construction and the launch-time partition planning: it is what
+a user waits for. Use a private broker for 1M messages (the snapshot noida-db writes is large).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import uuid
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from transforms.kafka_config import LOCAL_BROKER_SETTINGS, KafkaConfig
+from transforms.read_from_kafka import ReadFromKafka
+
+
+def produce(bootstrap: str, topic: str, count: int, partitions: int) -> float:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(30)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1 << 20})
+    started = time.perf_counter()
+    for i in range(count):
+        while True:
+            try:
+                producer.produce(topic, value=b"event-%08d" % i, key=b"%d" % (i % 1000))
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if i % 10_000 == 0:
+            producer.poll(0)
+    producer.flush(120)
+    return count / (time.perf_counter() - started)
+
+
+def raw_consume(bootstrap: str, topic: str, count: int, partitions: int) -> float:
+    """The baseline: one consumer, batched consume, touching each message's value."""
+    settings = {"bootstrap.servers": bootstrap, "group.id": f"bench-raw-{uuid.uuid4().hex[:8]}"}
+    settings.update(LOCAL_BROKER_SETTINGS)
+    consumer = Consumer(settings)
+    started = time.perf_counter()
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    seen = 0
+    while seen < count:
+        for message in consumer.consume(num_messages=1000, timeout=1.0):
+            if message.error() is None and message.value() is not None:
+                seen += 1
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return seen / elapsed
+
+
+def beam_read(bootstrap: str, topic: str, count: int) -> float:
+    config = KafkaConfig(bootstrap_servers=bootstrap).with_extra(LOCAL_BROKER_SETTINGS)
+    started = time.perf_counter()
+    p = beam.Pipeline()
+    _ = (
+        p
+        | ReadFromKafka(config, topic, start="earliest", stop="end_at_launch")
+        | beam.combiners.Count.Globally()
+        | beam.Map(lambda n: Metrics.counter("bench", "records").inc(n))
+    )
+    result = p.run()
+    result.wait_until_finish()
+    elapsed = time.perf_counter() - started
+    query = result.metrics().query(MetricsFilter().with_name("records"))
+    counted = [c.committed for c in query["counters"]]
+    if counted != [count]:
+        raise RuntimeError(f"ReadFromKafka counted {counted}, expected {count}")
+    return count / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bootstrap", default="127.0.0.1:9092")
+    parser.add_argument("--count", type=int, default=1_000_000)
+    parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--settle-s", type=float, default=15.0, help="wait after producing")
+    args = parser.parse_args()
+    topic = f"bench-read-{uuid.uuid4().hex[:8]}"
+    rate = produce(args.bootstrap, topic, args.count, args.partitions)
+    print(f"produced {args.count} messages to {topic}: {rate:,.0f} msgs/s")
+    time.sleep(args.settle_s)
+    raw, beam_rates = [], []
+    for rep in range(args.repetitions):
+        raw.append(raw_consume(args.bootstrap, topic, args.count, args.partitions))
+        beam_rates.append(beam_read(args.bootstrap, topic, args.count))
+        print(
+            f"rep {rep + 1}: raw consume {raw[-1]:,.0f} msgs/s, ReadFromKafka {beam_rates[-1]:,.0f}"
+        )
+    raw_median, beam_median = statistics.median(raw), statistics.median(beam_rates)
+    print(f"median raw consume loop : {raw_median:,.0f} msgs/s")
+    print(f"median ReadFromKafka    : {beam_median:,.0f} msgs/s")
+    print(f"ratio ReadFromKafka/raw : {beam_median / raw_median:.2f} (target >= 0.5)")
+    AdminClient({"bootstrap.servers": args.bootstrap}).delete_topics([topic])[topic].result(30)
+
+
+if __name__ == "__main__":
+    main()
