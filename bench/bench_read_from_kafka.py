@@ -105,7 +105,8 @@ def main() -> None:
     print(f"median raw consume loop : {raw_median:,.0f} msgs/s")
     print(f"median ReadFromKafka    : {beam_median:,.0f} msgs/s")
     print(f"ratio ReadFromKafka/raw : {beam_median / raw_median:.2f} (target >= 0.5)")
-    AdminClient({"bootstrap.servers": args.bootstrap}).delete_topics([topic])[topic].result(30)
+    admin = AdminClient({"bootstrap.servers": args.bootstrap})
+    admin.delete_topics([topic])[topic].result(30)
 
 
 if __name__ == "__main__":

@@ -176,7 +176,7 @@ class _ReaderSettings:
         self.timeout_s = timeout_s
 
     def new_consumer(self):
-        settings = dict(self.config.as_librdkafka_dict())
+        settings = self.config.consumer_dict()
         settings.update(_READER_SETTINGS)
         settings["group.id"] = self.group_id or settings.get("group.id") or _NO_GROUP
         return (self.consumer_factory or Consumer)(settings)
@@ -348,8 +348,8 @@ class ReadFromKafka(beam.PTransform):
     """Read Kafka topics as a PCollection of :class:`KafkaRecord` (event time = Kafka time).
 
     Args:
-        config: a ``KafkaConfig`` (anything with ``as_librdkafka_dict()``); local-broker tuning
-            such as ``LOCAL_BROKER_SETTINGS`` belongs there, never applied by default.
+        config: a ``KafkaConfig``; local-broker tuning such as ``LOCAL_BROKER_SETTINGS``
+            belongs there (``config.with_extra(...)``), it is never applied by default.
         topics: a topic name or several.
         group_id: consumer group for ``start="committed"`` and for committing offsets.
         start: "committed" (the group's offsets; ``start_fallback`` where it has none),

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import apache_beam as beam
@@ -22,10 +21,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 from read_to_file_pipeline import AppendToFile
 
-from transforms.kafka_config import LOCAL_BROKER_SETTINGS, KafkaConfig
+from transforms.kafka_config import KafkaConfig
 from transforms.kafka_partition_plan import KafkaUnavailableError
 from transforms.kafka_record import KafkaRecord
 from transforms.read_from_kafka import ReadFromKafka
@@ -34,36 +32,6 @@ from transforms.write_to_kafka import WriteToKafka
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-# Temporary stand-ins for the shared fixtures of tests/conftest.py (same names); removed when
-# that file lands.
-@pytest.fixture(scope="session")
-def kafka_bootstrap() -> str:
-    subprocess.run([str(REPO / "scripts" / "stack.sh"), "up", "kafka"], check=True, timeout=120)
-    return "127.0.0.1:9092"
-
-
-@pytest.fixture
-def kafka_config(kafka_bootstrap):
-    return KafkaConfig(bootstrap_servers=kafka_bootstrap).with_extra(LOCAL_BROKER_SETTINGS)
-
-
-@pytest.fixture
-def topic_factory(kafka_bootstrap):
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-
-    def create(partitions: int = 3) -> str:
-        name = f"test-{uuid.uuid4().hex[:12]}"
-        admin.create_topics([NewTopic(name, partitions, 1)])[name].result(30)
-        return name
-
-    return create
-
-
-@pytest.fixture
-def group_id() -> str:
-    return f"group-{uuid.uuid4().hex[:12]}"
 
 
 def _produce(bootstrap: str, topic: str, count: int, *, partitions: int = 3, start_ts=None):
@@ -284,7 +252,7 @@ def test_kill_9_mid_run_and_restart_loses_nothing(
     kafka_bootstrap, topic_factory, group_id, tmp_path
 ):
     topic = topic_factory(partitions=3)
-    count = 3000
+    count = 1500
     produced = _produce(kafka_bootstrap, topic, count)
     out = tmp_path / "out.txt"
     # Small polls and a slow sink: many bundles, so some commit before the kill.
