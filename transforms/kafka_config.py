@@ -356,9 +356,11 @@ class KafkaConfig:
     def from_options(cls, values: Mapping[str, Any], *, check_secrets: bool = True) -> KafkaConfig:
         """Build from the camelCase values of ``pipelines.options.validate`` (KAFKA_CONNECTION).
 
-        ``kafkaConfig`` (``"k=v;k=v"``) becomes :attr:`extra`. With ``check_secrets`` (default)
-        the secrets are resolved once and discarded, so a missing variable or file fails at
-        launch; pass False when only the workers can see them. Errors name the flag.
+        ``kafkaConfig`` (``"k=v;k=v"``) becomes :attr:`extra`, except the typed settings that
+        have no flag of their own (``ssl.certificate.location``, ``ssl.key.location``,
+        ``ssl.key.password``), which become fields. With ``check_secrets`` (default) the secrets
+        are resolved once and discarded, so a missing variable or file fails at launch; pass
+        False when only the workers can see them. Errors name the flag.
         """
         password = values.get("saslPassword")
         if password is not None and Secret(password).reference is None:
@@ -367,6 +369,11 @@ class KafkaConfig:
                 "prefer env:VARIABLE or file:/path"
             )
         try:
+            extra = dict(parse_settings(values.get("kafkaConfig")))
+            for key in extra:
+                if key in _KEY_FLAGS:
+                    raise KafkaConfigError(f"--kafkaConfig: set {key} with {_KEY_FLAGS[key]}")
+            typed = {_KEY_FIELDS[k]: extra.pop(k) for k in list(extra) if k in _KEY_FIELDS}
             config = cls(
                 bootstrap_servers=values.get("bootstrapServers") or "",
                 security_protocol=values.get("securityProtocol") or "PLAINTEXT",
@@ -374,7 +381,8 @@ class KafkaConfig:
                 sasl_username=values.get("saslUsername") or None,
                 sasl_password=password or None,
                 ssl_ca_location=values.get("sslCaLocation") or None,
-                extra=parse_settings(values.get("kafkaConfig")),
+                extra=extra,
+                **typed,
             )
             if check_secrets:
                 config.check_secrets()

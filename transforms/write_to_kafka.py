@@ -137,6 +137,43 @@ def _message_parts(element: Element) -> tuple[Any, Any, list[tuple[str, Any]] | 
     return getattr(element, "key", None), value, list(headers) if headers else None
 
 
+class _Deliveries:
+    """Delivery reports of one bundle.
+
+    Callbacks run in whichever thread polls the shared producer, hence the lock. A fresh object
+    per bundle keeps late reports of a failed bundle out of the next one.
+    """
+
+    __slots__ = ("lock", "produced", "acked", "acked_bytes", "failed", "failures")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.produced = 0  # written only by the bundle's own thread
+        self.acked = 0
+        self.acked_bytes = 0
+        self.failed = 0
+        self.failures: dict[str, int] = {}  # distinct error -> count
+
+    def on_delivery(self, err: confluent_kafka.KafkaError | None, msg: Any) -> None:
+        with self.lock:
+            if err is None:
+                self.acked += 1
+                self.acked_bytes += len(msg)
+            else:
+                self.failed += 1
+                text = f"{err.name()}: {err.str()}"
+                if text in self.failures or len(self.failures) < _MAX_REPORTED_ERRORS:
+                    self.failures[text] = self.failures.get(text, 0) + 1
+
+    def pending(self) -> int:
+        with self.lock:
+            return self.produced - self.acked - self.failed
+
+    def describe_failures(self) -> tuple[int, str]:
+        with self.lock:
+            return self.failed, "; ".join(f"{t} (x{n})" for t, n in self.failures.items())
+
+
 class _ProduceFn(beam.DoFn):
     """Produces each element; flushes and checks every delivery report at the end of a bundle."""
 
@@ -163,9 +200,6 @@ class _ProduceFn(beam.DoFn):
         self._shared = _shared_producer(self._config, self._producer_factory)
         self._producer = self._shared.producer
         self._flush_timeout = _flush_timeout_s(self._config)
-        self._lock = threading.Lock()
-        # Bound once: passing a stored callable avoids an allocation per message.
-        self._callback = self._on_delivery
         self._convert = (
             self._convert_with_fns
             if self._key_fn or self._value_fn or self._headers_fn
@@ -173,29 +207,15 @@ class _ProduceFn(beam.DoFn):
         )
 
     def start_bundle(self) -> None:
-        self._produced = 0
-        self._acked = 0
-        self._acked_bytes = 0
-        self._failed = 0
-        self._failures: dict[str, int] = {}  # distinct error -> count
+        self._bundle = _Deliveries()
+        # Bound once per bundle: passing a stored callable avoids an allocation per message.
+        self._callback = self._bundle.on_delivery
 
     def _convert_with_fns(self, element: Element) -> tuple[Any, Any, Any]:
         key = self._key_fn(element) if self._key_fn else None
         value = self._value_fn(element) if self._value_fn else element
         headers = self._headers_fn(element) if self._headers_fn else None
         return key, value, list(headers) if headers else None
-
-    def _on_delivery(self, err: confluent_kafka.KafkaError | None, msg: Any) -> None:
-        # Runs in whichever thread polls the shared producer, hence the lock.
-        with self._lock:
-            if err is None:
-                self._acked += 1
-                self._acked_bytes += len(msg)
-            else:
-                self._failed += 1
-                text = f"{err.name()}: {err.str()}"
-                if text in self._failures or len(self._failures) < _MAX_REPORTED_ERRORS:
-                    self._failures[text] = self._failures.get(text, 0) + 1
 
     def process(self, element: Element) -> None:
         key, value, headers = self._convert(element)
@@ -211,9 +231,9 @@ class _ProduceFn(beam.DoFn):
                 f"(headers a list of (str, bytes) pairs); got key {type(key).__name__}, "
                 f"value {type(value).__name__}: {err}"
             ) from None
-        self._produced += 1
+        self._bundle.produced += 1
         self._producer.poll(0)
-        if self._failed or self._shared.fatal is not None:
+        if self._bundle.failed or self._shared.fatal is not None:
             self._raise_if_failed()
 
     def _produce_when_room(self, key: Any, value: Any, headers: Any) -> None:
@@ -230,28 +250,25 @@ class _ProduceFn(beam.DoFn):
                 continue
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
-        if not self._produced:
+        bundle = self._bundle
+        if not bundle.produced:
             return
         deadline = time.monotonic() + self._flush_timeout
         self._producer.flush(self._flush_timeout)
         # Another thread's poll may still be running one of our callbacks; wait for all of them.
-        while self._pending() and time.monotonic() < deadline:
+        while bundle.pending() and time.monotonic() < deadline:
             self._producer.poll(0.05)
         self._raise_if_failed()
-        if self._pending():
+        if bundle.pending():
             raise KafkaWriteError(
-                f"WriteToKafka({self._topic!r}): {self._pending()} of {self._produced} messages "
+                f"WriteToKafka({self._topic!r}): {bundle.pending()} of {bundle.produced} messages "
                 f"had no delivery report after {self._flush_timeout:.0f} s "
                 f"(bootstrap.servers={self._config.bootstrap_servers})"
             )
-        self._written.inc(self._acked)
-        self._bytes.inc(self._acked_bytes)
-        result = KafkaWriteResult(self._topic, self._acked, self._acked_bytes)
+        self._written.inc(bundle.acked)
+        self._bytes.inc(bundle.acked_bytes)
+        result = KafkaWriteResult(self._topic, bundle.acked, bundle.acked_bytes)
         yield GlobalWindows.windowed_value(result, Timestamp.now())
-
-    def _pending(self) -> int:
-        with self._lock:
-            return self._produced - self._acked - self._failed
 
     def _raise_if_failed(self) -> None:
         if self._shared.fatal is not None:
@@ -259,18 +276,14 @@ class _ProduceFn(beam.DoFn):
             raise KafkaWriteError(
                 f"WriteToKafka({self._topic!r}): the producer failed fatally: {self._shared.fatal}"
             )
-        if not self._failed:
-            return
-        with self._lock:
-            failed, failures = self._failed, dict(self._failures)
-            self._failed = 0
-            self._failures.clear()
-        self._errors.inc(failed)
-        raise KafkaWriteError(
-            f"WriteToKafka({self._topic!r}): {failed} of {self._produced} messages were not "
-            f"delivered (bootstrap.servers={self._config.bootstrap_servers}); errors: "
-            + "; ".join(f"{text} (x{count})" for text, count in failures.items())
-        )
+        failed, failures = self._bundle.describe_failures()
+        if failed:
+            self._errors.inc(failed)
+            raise KafkaWriteError(
+                f"WriteToKafka({self._topic!r}): {failed} of {self._bundle.produced} messages "
+                f"were not delivered (bootstrap.servers={self._config.bootstrap_servers}); "
+                f"errors: {failures}"
+            )
 
 
 class WriteToKafka(beam.PTransform):

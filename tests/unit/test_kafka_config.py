@@ -63,6 +63,22 @@ def test_from_options_parses_every_flag_and_kafka_config(monkeypatch):
     assert config.sasl_password == Secret("env:KBML_TEST_PW")
 
 
+def test_mutual_tls_files_come_through_kafka_config(tmp_path):
+    (tmp_path / "key-pw").write_text(PASSWORD)
+    config = KafkaConfig.from_options(
+        {
+            "bootstrapServers": "h:1",
+            "securityProtocol": "SSL",
+            "kafkaConfig": "ssl.certificate.location=/c.pem;ssl.key.location=/k.pem;"
+            f"ssl.key.password=file:{tmp_path / 'key-pw'}",
+        }
+    )
+    assert config.ssl_certificate_location == "/c.pem"
+    assert config.ssl_key_password == Secret(f"file:{tmp_path / 'key-pw'}")
+    assert config.as_librdkafka_dict()["ssl.key.password"] == PASSWORD
+    assert PASSWORD not in repr(config)
+
+
 def test_plaintext_defaults():
     config = KafkaConfig.from_options({"bootstrapServers": "127.0.0.1:9092"})
     assert config.as_librdkafka_dict() == {
@@ -113,7 +129,7 @@ def test_secrets_resolve_only_when_the_dict_is_built(monkeypatch):
         ({"bootstrapServers": "h:1", "kafkaConfig": "linger.ms"}, "--kafkaConfig: expected"),
         (
             {"bootstrapServers": "h:1", "kafkaConfig": "sasl.password=x"},
-            "--kafkaConfig: extra setting sasl.password must be given as",
+            "--kafkaConfig: set sasl.password with --saslPassword",
         ),
     ],
 )
