@@ -21,6 +21,8 @@ from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.kafka_config import redact_option_values
+
 __all__ = [
     "Option",
     "OptionError",
@@ -107,7 +109,12 @@ def options_class(name: str, declarations: Sequence[Option]) -> type[PipelineOpt
                 # pipelines sharing a group (KAFKA_SOURCE …) would collide: the first one wins.
                 continue
 
+    def display_data(self):  # noqa: ANN001, ANN202 - Beam's hook signature
+        # Runners show this (Dataflow's "Pipeline options" panel): literal secrets become ***.
+        return redact_option_values(PipelineOptions.display_data(self), decls)
+
     return type(name, (PipelineOptions,), {"_add_argparse_args": _add_argparse_args,
+                                           "display_data": display_data,
                                            "DECLARATIONS": decls})
 
 

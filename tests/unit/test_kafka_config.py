@@ -7,6 +7,7 @@ import pickle
 
 import confluent_kafka
 import pytest
+from apache_beam.transforms.display import DisplayData
 
 from pipelines.options import KAFKA_CONNECTION, options_class, validate
 from transforms.kafka_config import (
@@ -204,6 +205,21 @@ def test_redact_option_values_for_display():
     assert redact_option_values({"saslPassword": "env:PW"}, KAFKA_CONNECTION) == {
         "saslPassword": "env:PW"
     }
+
+
+def test_displayed_pipeline_options_hide_literal_secrets():
+    """Runners show ``display_data`` (Dataflow's options panel); options_class redacts it."""
+    options = options_class("Shown", KAFKA_CONNECTION)(
+        [
+            "--bootstrapServers=h:1",
+            f"--saslPassword={PASSWORD}",
+            f"--kafkaConfig=client.id=a;ssl.keystore.password={PASSWORD}",
+        ]
+    )
+    items = {i.key: i.value for i in DisplayData.create_from_options(options).items}
+    assert items["saslPassword"] == "***"
+    assert items["kafkaConfig"] == "client.id=a;ssl.keystore.password=***"
+    assert PASSWORD not in repr(items)
 
 
 def test_librdkafka_dict_round_trip_and_client_split():
