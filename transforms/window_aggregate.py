@@ -268,7 +268,14 @@ class _AggregatesFn(beam.CombineFn):
 
 
 def _window_time(moment: Timestamp) -> str:
-    return format_timestamp(moment.to_utc_datetime(has_tz=True))
+    try:
+        return format_timestamp(moment.to_utc_datetime(has_tz=True))
+    except (OverflowError, ValueError) as err:
+        raise ValueError(
+            f"window bound {moment} is not a representable time: the rows carry no event time "
+            "(e.g. beam.Create without timestamps); read them with ReadFromKafka or apply "
+            "WithEventTime(field) before WindowedAggregate"
+        ) from err
 
 
 class _ToRowFn(beam.DoFn):

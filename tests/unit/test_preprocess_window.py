@@ -281,3 +281,14 @@ def test_window_specs_validate():
         Sliding(60, 120)
     with pytest.raises(ValueError, match="needs a field"):
         Mean(None)
+
+
+def test_rows_without_event_time_get_a_clear_error():
+    pipeline = TestPipeline()
+    _ = (
+        pipeline
+        | beam.Create([{"car_id": "a"}])  # timestamp = MIN_TIMESTAMP
+        | WindowedAggregate(key="car_id", window=Tumbling(60), aggregates={"n": Count()})
+    )
+    with pytest.raises(ValueError, match="carry no event time"):
+        pipeline.run().wait_until_finish()
