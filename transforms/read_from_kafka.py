@@ -85,6 +85,10 @@ class _PartitionConsumer:
     def poll(self, max_messages: int, timeout: float) -> list:
         """Next batch of messages; raises on non-retriable errors, logs retriable ones."""
         messages = self.consumer.consume(num_messages=max_messages, timeout=timeout)
+        if messages:
+            # The queue moved on: until the caller confirms what it emitted (an error or an
+            # abandoned bundle may come first), the next use must re-assign, or records are lost.
+            self.next_offset = None
         good = []
         for message in messages:
             error = message.error()
@@ -260,17 +264,15 @@ class _ReadPartitionsFn(beam.DoFn):
             batch, ended = self._cut(messages, stop, plan.stop_timestamp_ms)
             if batch:
                 if not tracker.try_claim(batch[-1].offset()):
-                    reader.next_offset = None  # a runner checkpoint took the rest; re-seek later
-                    break
+                    break  # a runner checkpoint took the rest
                 yield from _emit(plan.topic, plan.partition, batch, windows)
                 next_offset = batch[-1].offset() + 1
-                reader.next_offset = next_offset
                 sample = batch[:16]  # enough for a size estimate, cheap per batch
                 reader.mean_bytes = sum(len(m) for m in sample) / len(sample)
             if ended or len(batch) < len(messages):
-                reader.next_offset = None  # messages past the stop were taken from the queue
-                tracker.try_claim(stop)
+                tracker.try_claim(stop)  # done; the messages past the stop are dropped
                 break
+            reader.next_offset = next_offset  # everything taken from the queue was emitted
             if time.monotonic() >= deadline:
                 tracker.defer_remainder()
                 break

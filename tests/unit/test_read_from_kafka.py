@@ -539,3 +539,23 @@ def test_pending_stop_time_ends_the_partition_once_caught_up(cluster):
     assert len(outputs) == 20
     assert tracker.deferred_status() is None  # finished, not checkpointed
     assert not finalizer.has_callbacks()  # no group: nothing to commit
+
+
+def test_a_failed_bundle_is_re_read_from_its_start(cluster):
+    """Downstream fails mid-batch: the cached consumer must not continue past what was emitted."""
+    fn = _read_fn(cluster)
+    plan = PartitionPlan("events", 2, 0, UNBOUNDED_OFFSET, end_offset_at_launch=20)
+    restriction = PartitionOffsetRange(0, UNBOUNDED_OFFSET, "events", 2)
+    tracker = ThreadsafeRestrictionTracker(KafkaOffsetTracker(restriction, PartitionBacklog()))
+    estimator = ThreadsafeWatermarkEstimator(KafkaWatermarkEstimator(None))
+    outputs = fn.process(
+        plan,
+        GlobalWindow(),
+        beam.DoFn.BundleFinalizerParam(),
+        RestrictionTrackerView(tracker),
+        estimator,
+    )
+    assert [next(outputs).value.offset for _ in range(3)] == [0, 1, 2]
+    outputs.close()  # the bundle failed: the runner retries the same restriction
+    retried, _, _, _ = _process(fn, plan, restriction)
+    assert [wv.value.offset for wv in retried] == list(range(20))
