@@ -187,8 +187,13 @@ class DecodeAndValidate(beam.PTransform):
                 f"message_format must be one of {', '.join(MESSAGE_FORMATS)}, "
                 f"got {message_format!r}"
             )
-        if message_format == "AVRO_CONFLUENT_WIRE_FORMAT" and not schema_registry_url:
-            raise ValueError("AVRO_CONFLUENT_WIRE_FORMAT needs schema_registry_url")
+        if message_format == "AVRO_CONFLUENT_WIRE_FORMAT":
+            urls = [u.strip() for u in (schema_registry_url or "").split(",")]
+            if not all(u.startswith(("http://", "https://")) for u in urls):
+                raise ValueError(
+                    "AVRO_CONFLUENT_WIRE_FORMAT needs schema_registry_url: http(s)://host:port "
+                    f"(comma-separated for several), got {schema_registry_url!r}"
+                )
         if unknown_fields not in UNKNOWN_FIELD_POLICIES:
             raise ValueError(
                 f"unknown_fields must be one of {UNKNOWN_FIELD_POLICIES}, got {unknown_fields!r}"

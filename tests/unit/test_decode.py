@@ -445,6 +445,10 @@ def test_pipeline_with_records_keeps_the_kafka_record():
     [
         ({"message_format": "XML"}, "message_format must be one of"),
         ({"message_format": "AVRO_CONFLUENT_WIRE_FORMAT"}, "needs schema_registry_url"),
+        (
+            {"message_format": "AVRO_CONFLUENT_WIRE_FORMAT", "schema_registry_url": "reg:8081"},
+            "http\\(s\\)://host:port",
+        ),
         ({"unknown_fields": "maybe"}, "unknown_fields must be one of"),
         ({"max_message_bytes": 0}, "must be positive"),
     ],
