@@ -62,7 +62,10 @@ class Score(NamedTuple):
 
 
 class FeatureError(ValueError):
-    """A row lacks a model feature or holds a non-numeric value; the scorer dead-letters it."""
+    """A row the model cannot score (missing or non-numeric feature, non-finite score).
+
+    It is the row's ``PredictionResult.inference``; the scorer dead-letters it.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +204,7 @@ class SavedModelHandler(ModelHandler[Row, PredictionResult, LiveModel]):
         model: LiveModel,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
-        """Score the batch with one signature call; unreadable rows get a :class:`FeatureError`."""
+        """Score the batch with one signature call; unscorable rows get a :class:`FeatureError`."""
         loaded = model.current()
         features = loaded.info.features
         try:
@@ -238,10 +241,18 @@ class SavedModelHandler(ModelHandler[Row, PredictionResult, LiveModel]):
             flags = scores > threshold
         version = loaded.version
         model_id = str(version)
-        return [
+        results = [
             PredictionResult(row, Score(score, flag, threshold, version), model_id)
             for row, score, flag in zip(batch, scores.tolist(), flags.tolist(), strict=True)
         ]
+        if not np.isfinite(scores).all():
+            for index in np.flatnonzero(~np.isfinite(scores)).tolist():
+                error = FeatureError(
+                    f"model version {version} gave score {scores[index]} (a null or NaN "
+                    f"feature the model cannot handle?)"
+                )
+                results[index] = PredictionResult(batch[index], error, model_id)
+        return results
 
     def get_num_bytes(self, batch: Sequence[Row]) -> int:
         """Approximate payload size for metrics (the default pickles the whole batch)."""
@@ -265,7 +276,8 @@ class _CheapKeyedModelHandler(KeyedModelHandler):
 def _columns(batch: Sequence[Row], features: Sequence[str]) -> np.ndarray:
     """float32 array of shape [features, batch]: one contiguous column per feature.
 
-    Raises KeyError for a missing feature, TypeError/ValueError for a non-numeric or non-finite one.
+    A null value becomes NaN, the contract's marker of a missing NULLABLE feature. Raises
+    KeyError for a missing feature, TypeError/ValueError for a non-numeric one.
     """
     getter = operator.itemgetter(*features)
     if len(features) == 1:
@@ -274,8 +286,6 @@ def _columns(batch: Sequence[Row], features: Sequence[str]) -> np.ndarray:
         matrix = np.array([getter(row) for row in batch], dtype=np.float32)
     if matrix.shape != (len(batch), len(features)):
         raise ValueError(f"expected {len(features)} scalar features per row, got {matrix.shape}")
-    if not np.isfinite(matrix).all():  # None converts to NaN silently
-        raise ValueError("a feature is null, NaN or infinite")
     return np.ascontiguousarray(matrix.T)
 
 

@@ -6,15 +6,16 @@ handler (normally :class:`~transforms.model_handler.SavedModelHandler`) and retu
 :class:`ScoringResult`: every input becomes either a :class:`Prediction` or a dead letter (stage
 ``"score"``, for a row the model cannot read); anomalous predictions are also in ``alerts``.
 
-The chain is stateless (per-bundle batching, no GroupByKey), so it streams live on the local
-FnApiRunner too. Outputs carry the Kafka event time again (batching moves elements to the end of
-the global window).
+The chain is stateless (batching within a bundle, bounded in size and wait; no GroupByKey), so
+it streams live on the local FnApiRunner too. Outputs carry the Kafka event time again (batching
+moves elements to the end of the global window).
 
 Usage::
 
     pairs = records | DecodeAndValidate(schema).with_records()
     scored = pairs.rows | ScoreEvents(SavedModelHandler(model_path, poll_seconds=30))
-    scored.predictions | beam.Map(Prediction.to_kafka) | WriteToKafka(config, "predictions")
+    scored.predictions | WriteToKafka(
+        config, "predictions", key_fn=operator.attrgetter("key"), value_fn=Prediction.to_json)
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.transforms.window import GlobalWindows, TimestampedValue
+from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.dead_letter import DEAD_LETTER_TAG, DeadLetter
 from transforms.kafka_record import KafkaRecord
@@ -73,16 +75,24 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; the key as text (invalid UTF-8 escaped) for readers of the JSON."""
-        data = dataclasses.asdict(self)
-        data["key"] = None if self.key is None else self.key.decode("utf-8", "backslashreplace")
-        return data
+        # Spelled out: dataclasses.asdict deep-copies and costs more than the model per event.
+        return {
+            "key": None if self.key is None else self.key.decode("utf-8", "backslashreplace"),
+            "event_id": self.event_id,
+            "score": self.score,
+            "is_anomaly": self.is_anomaly,
+            "threshold": self.threshold,
+            "model_version": self.model_version,
+            "event_time": self.event_time,
+            "scoring_time": self.scoring_time,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+        }
 
     def to_json(self) -> bytes:
+        """The Kafka message value; the message key is :attr:`key`, as for the input event."""
         return json.dumps(self.to_dict(), separators=(",", ":")).encode("utf-8")
-
-    def to_kafka(self) -> tuple[bytes | None, bytes]:
-        """``(key, value)`` for ``WriteToKafka``: keyed like the input event."""
-        return self.key, self.to_json()
 
 
 class ScoringResult(NamedTuple):
@@ -140,6 +150,43 @@ class _ToPredictionFn(beam.DoFn):
             yield pvalue.TaggedOutput(_ALERT_TAG, TimestampedValue(prediction, event_time))
 
 
+class _BatchWithinBundleFn(beam.DoFn):
+    """Batches a bundle's elements for RunInference without holding any across bundles.
+
+    A batch is emitted when it has ``max_size`` elements, when its oldest element has waited
+    ``max_wait_s`` (checked as elements arrive) and at the end of the bundle. Beam's
+    BatchElements either waits for the bundle end (a reader bundle lasts up to a second: that
+    is the latency) or, with ``max_batch_duration_secs``, keeps state and timers, which the
+    local streaming runner only fires when the stream ends. Elements are in the global window.
+    """
+
+    def __init__(self, max_size: int, max_wait_s: float) -> None:
+        self._max_size = max_size
+        self._max_wait_s = max_wait_s
+
+    def start_bundle(self) -> None:
+        self._batch: list[Any] = []
+        self._opened = 0.0
+
+    def process(self, element: Any):
+        if not self._batch:
+            self._opened = time.monotonic()
+        self._batch.append(element)
+        if (
+            len(self._batch) >= self._max_size
+            or time.monotonic() - self._opened >= self._max_wait_s
+        ):
+            yield self._take()
+
+    def finish_bundle(self):
+        if self._batch:
+            yield self._take()
+
+    def _take(self) -> WindowedValue:
+        batch, self._batch = self._batch, []
+        return GlobalWindows.windowed_value_at_end_of_window(batch)
+
+
 class ScoreEvents(beam.PTransform):
     """PCollection[(KafkaRecord, row)] → :class:`ScoringResult`.
 
@@ -150,6 +197,8 @@ class ScoreEvents(beam.PTransform):
         :class:`~transforms.model_handler.Score` or a ``FeatureError`` (benchmarks adapt Beam's
         stock handlers this way).
       id_field: the row field copied into ``Prediction.event_id`` (None if a row lacks it).
+      max_batch_size: most events per model call.
+      max_batch_wait_s: longest an event waits for its batch to fill (the latency budget).
       clock: wall clock for ``scoring_time`` (tests inject a fixed one).
 
     Returns:
@@ -161,19 +210,25 @@ class ScoreEvents(beam.PTransform):
         model_handler: ModelHandler,
         *,
         id_field: str = "event_id",
+        max_batch_size: int = 1024,
+        max_batch_wait_s: float = 0.05,
         clock: Callable[[], float] = time.time,
         label: str | None = None,
     ) -> None:
         super().__init__(label)
+        if max_batch_size < 1 or max_batch_wait_s < 0:
+            raise ValueError("max_batch_size must be >= 1 and max_batch_wait_s >= 0")
         if isinstance(model_handler, SavedModelHandler):
             model_handler = model_handler.keyed()
-        self._handler = model_handler
+        self._handler = model_handler.with_no_batching()
+        self._batching = (max_batch_size, max_batch_wait_s)
         self._id_field = id_field
         self._clock = clock
 
     def expand(self, pairs: beam.PCollection) -> ScoringResult:
         outputs = (
             pairs
+            | "Batch" >> beam.ParDo(_BatchWithinBundleFn(*self._batching))
             | "RunInference" >> RunInference(self._handler)
             | "ToPredictions"
             >> beam.ParDo(_ToPredictionFn(self._id_field, self._clock)).with_outputs(

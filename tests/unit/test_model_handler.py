@@ -95,6 +95,7 @@ def test_bad_rows_get_a_feature_error_and_the_rest_are_scored(live_v1) -> None:
         assert isinstance(results[index].inference, FeatureError)
     assert "V7" in str(results[1].inference)
     assert "lots" in str(results[2].inference)
+    assert "score nan" in str(results[4].inference)  # null → NaN, which this model cannot score
     for index, row in ((0, good[0]), (3, good[1])):
         assert results[index].inference.score == pytest.approx(expected_score(row), rel=1e-6)
 

@@ -104,7 +104,7 @@ def test_threshold_override_and_event_time_is_restored(model_root: str) -> None:
         )
 
 
-def test_prediction_json_and_kafka_key() -> None:
+def test_prediction_json() -> None:
     prediction = Prediction(
         key=b"card-\xff",
         event_id="e1",
@@ -119,10 +119,7 @@ def test_prediction_json_and_kafka_key() -> None:
         offset=7,
     )
 
-    key, value = prediction.to_kafka()
-
-    assert key == b"card-\xff"
-    assert json.loads(value) == {
+    assert json.loads(prediction.to_json()) == {
         "key": "card-\\xff",
         "event_id": "e1",
         "score": 0.25,
