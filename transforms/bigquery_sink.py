@@ -27,13 +27,12 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
-import json
 import logging
 import random
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.gcp import bigquery_tools
@@ -41,11 +40,9 @@ from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 
 from transforms.dead_letter import BIGQUERY_SCHEMA, DEAD_LETTER_TAG, DeadLetter
+from transforms.gcp_endpoints import GcpEndpoints
 from transforms.kafka_record import KafkaRecord
 from transforms.schema import RowSchema
-
-if TYPE_CHECKING:
-    from transforms.gcp_endpoints import GcpEndpoints
 
 __all__ = [
     "WriteRowsToBigQuery",
@@ -147,6 +144,8 @@ class _StreamingInsertFn(beam.DoFn):
 
     Kept in the reader's fused stage on purpose (no reshuffle, unlike Beam's streaming-insert
     path), so bundle finalization — and with it the Kafka offset commit — follows the insert.
+    Uses google-cloud-bigquery with the endpoints' retry policy (30 s against an emulator) rather
+    than Beam's ``BigQueryWrapper``, whose nested retries wait ~15 minutes on a dead endpoint.
     """
 
     def __init__(
@@ -154,27 +153,31 @@ class _StreamingInsertFn(beam.DoFn):
         table: str,
         bq_schema: dict[str, Any],
         *,
-        client: Any,
+        endpoints: GcpEndpoints,
         create_disposition: str,
         insert_id_fn: Callable[[Mapping[str, Any]], str | None] | None,
         batch_size: int,
         max_retries: int,
         initial_backoff_s: float,
+        request_timeout_s: float,
     ) -> None:
         self._table = table
         self._bq_schema = bq_schema
-        self._client = client
+        self._endpoints = endpoints
         self._create_disposition = create_disposition
         self._insert_id_fn = insert_id_fn
         self._batch_size = batch_size
         self._max_retries = max_retries
         self._initial_backoff_s = initial_backoff_s
+        self._request_timeout_s = request_timeout_s
         self._rejected = beam.metrics.Metrics.counter("bigquery_sink", "rows_rejected")
         self._inserted = beam.metrics.Metrics.counter("bigquery_sink", "rows_inserted")
 
     def setup(self) -> None:
-        self._wrapper = bigquery_tools.BigQueryWrapper(client=self._client)
-        self._reference = bigquery_tools.parse_table_reference(self._table)
+        self._client = self._endpoints.bigquery_client()
+        self._retry = self._endpoints.bigquery_retry
+        project, rest = self._table.split(":", 1)
+        self._table_id = f"{project}.{rest}"
         self._table_ready = False
         self._buffer: list[_Pending] = []
 
@@ -201,18 +204,24 @@ class _StreamingInsertFn(beam.DoFn):
         yield from self._flush()
 
     def _ensure_table(self) -> None:
-        if self._table_ready:
+        if self._table_ready or self._create_disposition == BigQueryDisposition.CREATE_NEVER:
             return
-        if self._create_disposition != BigQueryDisposition.CREATE_NEVER:
-            schema = bigquery_tools.parse_table_schema_from_json(json.dumps(self._bq_schema))
-            self._wrapper.get_or_create_table(
-                self._reference.projectId,
-                self._reference.datasetId,
-                self._reference.tableId,
-                schema,
-                self._create_disposition,
-                BigQueryDisposition.WRITE_APPEND,
+        from google.api_core.exceptions import NotFound
+        from google.cloud import bigquery
+
+        try:
+            self._client.get_table(
+                self._table_id, retry=self._retry, timeout=self._request_timeout_s
             )
+        except NotFound:
+            schema = [bigquery.SchemaField.from_api_repr(f) for f in self._bq_schema["fields"]]
+            self._client.create_table(
+                bigquery.Table(self._table_id, schema=schema),
+                exists_ok=True,
+                retry=self._retry,
+                timeout=self._request_timeout_s,
+            )
+            _LOGGER.info("Created BigQuery table %s", self._table_id)
         self._table_ready = True
 
     def _flush(self):  # noqa: ANN202 - generator of tagged dead letters
@@ -221,13 +230,13 @@ class _StreamingInsertFn(beam.DoFn):
             return
         self._ensure_table()
         for attempt in range(self._max_retries + 1):
-            _, errors = self._wrapper.insert_rows(
-                self._reference.projectId,
-                self._reference.datasetId,
-                self._reference.tableId,
-                rows=[_json_row(p.row) for p in pending],
-                insert_ids=[p.insert_id for p in pending],
+            errors = self._client.insert_rows_json(
+                self._table_id,
+                [_json_row(p.row) for p in pending],
+                row_ids=[p.insert_id for p in pending],
                 skip_invalid_rows=True,
+                retry=self._retry,
+                timeout=self._request_timeout_s,
             )
             retry = []
             for entry in errors:
@@ -278,7 +287,8 @@ class WriteRowsToBigQuery(beam.PTransform):
         ``--project``).
       schema: the row declaration; the table is created from it when missing.
       method: ``"STREAMING_INSERTS"`` (default) or ``"FILE_LOADS"`` (bounded input only).
-      endpoints: where BigQuery is (emulator or real); None → Beam's default client.
+      endpoints: where BigQuery is (emulator or real); None → Google Cloud, project from the
+        table spec or ``--project``.
       create_disposition: ``CREATE_IF_NEEDED`` (default) or ``CREATE_NEVER``.
       write_disposition: ``WRITE_APPEND`` (default); ``FILE_LOADS`` also takes
         ``WRITE_TRUNCATE``/``WRITE_EMPTY``.
@@ -286,7 +296,9 @@ class WriteRowsToBigQuery(beam.PTransform):
         it, or no function, gives a random id (dedupes only within one bundle attempt). Pairs
         always use their Kafka coordinates.
       batch_size: rows per ``insertAll`` request.
-      max_retries: retries of transiently failing rows before the bundle fails.
+      max_retries: retries of rows BigQuery reports as transiently failed before the bundle
+        fails (request errors are retried by the client within the endpoints' retry deadline).
+      request_timeout_s: timeout of each BigQuery request.
       custom_gcs_temp_location: temp files of ``FILE_LOADS`` (default: ``--temp_location``).
 
     Returns:
@@ -306,6 +318,7 @@ class WriteRowsToBigQuery(beam.PTransform):
         batch_size: int = 500,
         max_retries: int = 5,
         initial_backoff_s: float = 0.5,
+        request_timeout_s: float = 60.0,
         custom_gcs_temp_location: str | None = None,
     ) -> None:
         super().__init__()
@@ -326,6 +339,7 @@ class WriteRowsToBigQuery(beam.PTransform):
         self._batch_size = batch_size
         self._max_retries = max_retries
         self._initial_backoff_s = initial_backoff_s
+        self._request_timeout_s = request_timeout_s
         self._custom_gcs_temp_location = custom_gcs_temp_location
 
     def expand(self, pcoll: beam.PCollection) -> BigQueryWriteResult:
@@ -336,7 +350,7 @@ class WriteRowsToBigQuery(beam.PTransform):
         )
         reference = _table_reference(self._table_spec, project)
         table = f"{reference.projectId}:{reference.datasetId}.{reference.tableId}"
-        client = self._endpoints.beam_bigquery_client() if self._endpoints is not None else None
+        endpoints = self._endpoints if self._endpoints is not None else GcpEndpoints(project)
         bq_schema = self._schema.to_bigquery_json()
         if self._method == "FILE_LOADS":
             if not pcoll.is_bounded:
@@ -351,7 +365,7 @@ class WriteRowsToBigQuery(beam.PTransform):
                     method=WriteToBigQuery.Method.FILE_LOADS,
                     create_disposition=self._create_disposition,
                     write_disposition=self._write_disposition,
-                    test_client=client,
+                    test_client=endpoints.beam_bigquery_client(),
                     custom_gcs_temp_location=self._custom_gcs_temp_location,
                 )
             )
@@ -361,12 +375,13 @@ class WriteRowsToBigQuery(beam.PTransform):
             _StreamingInsertFn(
                 table,
                 bq_schema,
-                client=client,
+                endpoints=endpoints,
                 create_disposition=self._create_disposition,
                 insert_id_fn=self._insert_id_fn,
                 batch_size=self._batch_size,
                 max_retries=self._max_retries,
                 initial_backoff_s=self._initial_backoff_s,
+                request_timeout_s=self._request_timeout_s,
             )
         ).with_outputs(DEAD_LETTER_TAG, main="inserted")
         return BigQueryWriteResult(outputs[DEAD_LETTER_TAG], None)

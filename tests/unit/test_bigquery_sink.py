@@ -86,7 +86,9 @@ class FakeEndpoints:
     client: FakeInsertAllClient
     project: str = "test-project"
 
-    def beam_bigquery_client(self) -> FakeInsertAllClient:
+    bigquery_retry = None
+
+    def bigquery_client(self) -> FakeInsertAllClient:
         return self.client
 
 

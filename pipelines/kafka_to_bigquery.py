@@ -1,0 +1,156 @@
+"""Kafka → decode/validate → BigQuery, with every rejected message in a dead-letter table.
+
+The Dataflow "Kafka to BigQuery" job of the design documents. Rows that fail decoding or that
+BigQuery rejects land in ``--outputDeadletterTable`` (schema ``transforms.dead_letter``) with the
+raw bytes and Kafka coordinates. With ``STREAMING_INSERTS`` (default) the insert runs in the
+reader's bundle, so offsets are committed to ``--consumerGroupId`` only after BigQuery accepted
+the rows; insert ids are the Kafka coordinates, so a replay dedupes. See
+``docs/export_pipelines.md`` for ``FILE_LOADS``.
+
+Run locally (stack from ``scripts/stack.sh up``)::
+
+    python -m pipelines.kafka_to_bigquery --bootstrapServers 127.0.0.1:9092 \\
+        --kafkaConfig "$KAFKA_CONFIG" --inputTopic transactions --consumerGroupId export \\
+        --startOffset earliest --schemaPath transforms/schemas/creditcard.json \\
+        --outputTableSpec kafka-beam-ml-local:fraud.transactions \\
+        --project kafka-beam-ml-local --bigqueryEndpoint http://127.0.0.1:9050
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+
+from pipelines.export_common import EXPORT_SOURCE, TABLE_SPEC_REGEX, ExportSource
+from pipelines.options import Option, OptionError, options_class
+from transforms.bigquery_sink import METHODS, WriteDeadLettersToBigQuery, WriteRowsToBigQuery
+
+__all__ = [
+    "OPTIONS",
+    "KafkaToBigQueryOptions",
+    "KafkaToBigQueryOutputs",
+    "prepare",
+    "build_pipeline",
+    "run",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+#: Suffix of the default dead-letter table (as in Google's Kafka to BigQuery template).
+DEAD_LETTER_SUFFIX = "_error_records"
+
+OPTIONS: tuple[Option, ...] = (
+    *EXPORT_SOURCE,
+    Option(
+        "outputTableSpec",
+        "Output table",
+        "BigQuery table for the rows, [project:]dataset.table; created from the schema if "
+        "missing (see --createDisposition).",
+        required=True,
+        regexes=(TABLE_SPEC_REGEX,),
+        example="my-project:fraud.transactions",
+        param_type="BIGQUERY_TABLE",
+    ),
+    Option(
+        "outputDeadletterTable",
+        "Dead-letter table",
+        "BigQuery table for messages that failed decoding or that BigQuery rejected, "
+        f"[project:]dataset.table. Default: the output table name + {DEAD_LETTER_SUFFIX}.",
+        regexes=(TABLE_SPEC_REGEX,),
+        example="my-project:fraud.transactions_error_records",
+        param_type="BIGQUERY_TABLE",
+    ),
+    Option(
+        "writeMethod",
+        "BigQuery write method",
+        "STREAMING_INSERTS (insertAll with Kafka-coordinate insert ids, batch or streaming) or "
+        "FILE_LOADS (load jobs, batch only; needs --temp_location).",
+        default="STREAMING_INSERTS",
+        choices=METHODS,
+        example="FILE_LOADS",
+    ),
+    Option(
+        "createDisposition",
+        "Create disposition",
+        "CREATE_IF_NEEDED creates missing tables from the schema; CREATE_NEVER fails instead.",
+        default="CREATE_IF_NEEDED",
+        choices=("CREATE_IF_NEEDED", "CREATE_NEVER"),
+        example="CREATE_NEVER",
+    ),
+    Option(
+        "insertBatchSize",
+        "Rows per insert request",
+        "Rows per BigQuery insertAll request (STREAMING_INSERTS).",
+        type=int,
+        default=500,
+        regexes=(r"[1-9][0-9]{0,4}",),
+        example="500",
+    ),
+)
+
+KafkaToBigQueryOptions = options_class("KafkaToBigQueryOptions", OPTIONS)
+
+
+class KafkaToBigQueryOutputs(NamedTuple):
+    """PCollections of a built pipeline, for tests: decoded rows and all dead letters."""
+
+    rows: beam.PCollection
+    dead_letters: beam.PCollection
+
+
+def prepare(options: PipelineOptions) -> ExportSource:
+    """Check every option (incl. cross-option rules) before any work; OptionError names the flag."""
+    source = ExportSource.from_options(options, OPTIONS)
+    method = source.values["writeMethod"]
+    if method == "FILE_LOADS":
+        if source.streaming:
+            raise OptionError("--writeMethod=FILE_LOADS needs a bounded read: drop --streaming")
+        if not options.view_as(GoogleCloudOptions).temp_location:
+            raise OptionError(
+                "--writeMethod=FILE_LOADS needs --temp_location (gs://) for load files"
+            )
+    return source
+
+
+def build_pipeline(
+    p: beam.Pipeline, options: PipelineOptions, source: ExportSource | None = None
+) -> KafkaToBigQueryOutputs:
+    """Add the export to ``p``; ``source`` comes from :func:`prepare` (called if omitted)."""
+    source = source or prepare(options)
+    values = source.values
+    table = values["outputTableSpec"]
+    dead_letter_table = values.get("outputDeadletterTable") or table + DEAD_LETTER_SUFFIX
+    decoded = source.read_and_decode(p, with_records=True)
+    written = decoded.rows | "WriteRows" >> WriteRowsToBigQuery(
+        table,
+        source.schema,
+        method=values["writeMethod"],
+        endpoints=source.endpoints,
+        create_disposition=values["createDisposition"],
+        batch_size=values["insertBatchSize"],
+    )
+    dead_letters = (
+        decoded.dead_letters,
+        written.dead_letters,
+    ) | "AllDeadLetters" >> beam.Flatten()
+    _ = dead_letters | "WriteDeadLetters" >> WriteDeadLettersToBigQuery(
+        dead_letter_table, endpoints=source.endpoints
+    )
+    return KafkaToBigQueryOutputs(decoded.rows, dead_letters)
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    """Parse and check the options (errors name the flag), then run until done."""
+    options = KafkaToBigQueryOptions(list(argv) if argv is not None else None)
+    source = prepare(options)
+    with beam.Pipeline(options=options) as p:
+        build_pipeline(p, options, source)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    run()
