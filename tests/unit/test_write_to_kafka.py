@@ -99,14 +99,12 @@ def _write(config, elements, **kwargs):
             | beam.Create(elements, reshuffle=False)
             | WriteToKafka(config, TOPIC, producer_factory=FakeProducer, **kwargs)
         )
-        messages = (
-            results | beam.Map(lambda r: r.messages) | "Messages" >> beam.CombineGlobally(sum)
+        totals = (
+            results
+            | beam.Map(lambda r: (r.topic, r.messages, r.bytes))
+            | beam.CombineGlobally(_sum_results)
         )
-        size = results | beam.Map(lambda r: r.bytes) | "Bytes" >> beam.CombineGlobally(sum)
-        topics = results | beam.Map(lambda r: r.topic) | beam.Distinct()
-        assert_that(messages, equal_to([len(elements)]), label="AllMessages")
-        assert_that(size, equal_to([_value_bytes(elements, kwargs)]), label="AllBytes")
-        assert_that(topics, equal_to([TOPIC]), label="Topic")
+        assert_that(totals, equal_to([(TOPIC, len(elements), _value_bytes(elements, kwargs))]))
     counters = {
         c.key.metric.name: c.committed
         for c in p.result.metrics().query(
@@ -115,6 +113,12 @@ def _write(config, elements, **kwargs):
     }
     [producer] = FakeProducer.instances[config.extra["client.id"]]
     return producer, counters
+
+
+def _sum_results(rows):
+    rows = list(rows)
+    topics = {topic for topic, _, _ in rows}
+    return (*topics, sum(r[1] for r in rows), sum(r[2] for r in rows))
 
 
 def _value_bytes(elements, kwargs):
@@ -161,23 +165,17 @@ def test_key_value_and_headers_functions(config):
 
 
 def test_idempotent_murmur2_defaults_and_config_overrides(config):
-    producer, _ = _write(config, [(b"k", b"v")])
-    assert producer.settings["enable.idempotence"] == "true"
-    assert producer.settings["acks"] == "all"
-    assert producer.settings["partitioner"] == "murmur2_random"
-    tuned = config.with_extra(
-        {
-            "client.id": config.extra["client.id"] + "-t",
-            "linger.ms": "50",
-            "partitioner": "consistent_random",
-        }
-    )
-    try:
-        producer, _ = _write(tuned, [(b"k", b"v")])
-        assert producer.settings["linger.ms"] == "50"
-        assert producer.settings["partitioner"] == "consistent_random"
-    finally:
-        FakeProducer.instances.pop(tuned.extra["client.id"], None)
+    shared = write_to_kafka._shared_producer(config, FakeProducer)
+    assert shared.producer.settings["enable.idempotence"] == "true"
+    assert shared.producer.settings["acks"] == "all"
+    assert shared.producer.settings["partitioner"] == "murmur2_random"
+    assert callable(shared.producer.settings["error_cb"])
+    tuned = config.with_extra({"linger.ms": "50", "partitioner": "consistent_random"})
+    tuned_shared = write_to_kafka._shared_producer(tuned, FakeProducer)
+    assert tuned_shared is not shared
+    assert tuned_shared.producer.settings["linger.ms"] == "50"
+    assert tuned_shared.producer.settings["partitioner"] == "consistent_random"
+    assert write_to_kafka._shared_producer(config, FakeProducer) is shared
 
 
 def test_one_producer_per_process_reused_across_dofn_instances(config):
@@ -269,3 +267,24 @@ def test_result_type_is_declared():
         )
         assert results.element_type is KafkaWriteResult
     FakeProducer.instances.pop("typed", None)
+
+
+def test_delivery_reports_from_other_threads_are_counted_exactly():
+    """The shared producer may serve a bundle's callbacks in another DoFn's thread."""
+    bundle = write_to_kafka._Deliveries()
+    bundle.produced = 4000
+    timed_out = confluent_kafka.KafkaError(confluent_kafka.KafkaError._MSG_TIMED_OUT, "timed out")
+
+    def report(thread):
+        for i in range(1000):
+            failed = thread == 0 and i % 100 == 0
+            bundle.on_delivery(timed_out if failed else None, _FakeMessage(b"abc"))
+
+    threads = [threading.Thread(target=report, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert bundle.pending() == 0
+    assert (bundle.acked, bundle.acked_bytes) == (3990, 3 * 3990)
+    assert bundle.describe_failures() == (10, "_MSG_TIMED_OUT: timed out (x10)")
