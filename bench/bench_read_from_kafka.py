@@ -3,8 +3,10 @@
 Same run, same broker, same topic: produces N small messages once (default 1M), waits for the
 broker to settle (noida-db rewrites its state after writes), then times each reader R times
 (default 3) and prints msgs/s per repetition, the medians and the ratio (target >= 0.5).
+It also prints messages per CPU-second of this process (all threads): on a shared, busy machine
+that is the steadier measure of what each reader costs.
 
-    .venv/bin/python bench/bench_read_from_kafka.py --bootstrap 127.0.0.1:9092 --count 1000000
+    .venv/bin/python bench/bench_read_from_kafka.py --bootstrap 127.0.0.1:19392 --count 1000000
 
 The Beam time includes pipeline construction and the launch-time partition planning: it is what
 a user waits for. Use a private broker for 1M messages (the snapshot noida-db writes is large).
@@ -27,8 +29,19 @@ from transforms.kafka_config import LOCAL_BROKER_SETTINGS, KafkaConfig
 from transforms.read_from_kafka import ReadFromKafka
 
 
-def produce(bootstrap: str, topic: str, count: int, partitions: int) -> float:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+class Timer:
+    """Wall-clock and process CPU time (all threads) of a block."""
+
+    def __enter__(self) -> Timer:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+
+def produce(admin: AdminClient, bootstrap: str, topic: str, count: int, partitions: int) -> float:
     admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(30)
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1 << 20})
     started = time.perf_counter()
@@ -45,41 +58,39 @@ def produce(bootstrap: str, topic: str, count: int, partitions: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def raw_consume(bootstrap: str, topic: str, count: int, partitions: int) -> float:
+def raw_consume(bootstrap: str, topic: str, count: int, partitions: int) -> Timer:
     """The baseline: one consumer, batched consume, touching each message's value."""
     settings = {"bootstrap.servers": bootstrap, "group.id": f"bench-raw-{uuid.uuid4().hex[:8]}"}
     settings.update(LOCAL_BROKER_SETTINGS)
     consumer = Consumer(settings)
-    started = time.perf_counter()
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    seen = 0
-    while seen < count:
-        for message in consumer.consume(num_messages=1000, timeout=1.0):
-            if message.error() is None and message.value() is not None:
-                seen += 1
-    elapsed = time.perf_counter() - started
+    with Timer() as timer:
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        seen = 0
+        while seen < count:
+            for message in consumer.consume(num_messages=1000, timeout=1.0):
+                if message.error() is None and message.value() is not None:
+                    seen += 1
     consumer.close()
-    return seen / elapsed
+    return timer
 
 
-def beam_read(bootstrap: str, topic: str, count: int) -> float:
+def beam_read(bootstrap: str, topic: str, count: int) -> Timer:
     config = KafkaConfig(bootstrap_servers=bootstrap).with_extra(LOCAL_BROKER_SETTINGS)
-    started = time.perf_counter()
-    p = beam.Pipeline()
-    _ = (
-        p
-        | ReadFromKafka(config, topic, start="earliest", stop="end_at_launch")
-        | beam.combiners.Count.Globally()
-        | beam.Map(lambda n: Metrics.counter("bench", "records").inc(n))
-    )
-    result = p.run()
-    result.wait_until_finish()
-    elapsed = time.perf_counter() - started
+    with Timer() as timer:
+        p = beam.Pipeline()
+        _ = (
+            p
+            | ReadFromKafka(config, topic, start="earliest", stop="end_at_launch")
+            | beam.combiners.Count.Globally()
+            | beam.Map(lambda n: Metrics.counter("bench", "records").inc(n))
+        )
+        result = p.run()
+        result.wait_until_finish()
     query = result.metrics().query(MetricsFilter().with_name("records"))
     counted = [c.committed for c in query["counters"]]
     if counted != [count]:
         raise RuntimeError(f"ReadFromKafka counted {counted}, expected {count}")
-    return count / elapsed
+    return timer
 
 
 def main() -> None:
@@ -90,23 +101,33 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--settle-s", type=float, default=15.0, help="wait after producing")
     args = parser.parse_args()
+    admin = AdminClient({"bootstrap.servers": args.bootstrap})
     topic = f"bench-read-{uuid.uuid4().hex[:8]}"
-    rate = produce(args.bootstrap, topic, args.count, args.partitions)
+    rate = produce(admin, args.bootstrap, topic, args.count, args.partitions)
     print(f"produced {args.count} messages to {topic}: {rate:,.0f} msgs/s")
     time.sleep(args.settle_s)
-    raw, beam_rates = [], []
-    for rep in range(args.repetitions):
-        raw.append(raw_consume(args.bootstrap, topic, args.count, args.partitions))
-        beam_rates.append(beam_read(args.bootstrap, topic, args.count))
-        print(
-            f"rep {rep + 1}: raw consume {raw[-1]:,.0f} msgs/s, ReadFromKafka {beam_rates[-1]:,.0f}"
-        )
-    raw_median, beam_median = statistics.median(raw), statistics.median(beam_rates)
-    print(f"median raw consume loop : {raw_median:,.0f} msgs/s")
-    print(f"median ReadFromKafka    : {beam_median:,.0f} msgs/s")
-    print(f"ratio ReadFromKafka/raw : {beam_median / raw_median:.2f} (target >= 0.5)")
-    admin = AdminClient({"bootstrap.servers": args.bootstrap})
-    admin.delete_topics([topic])[topic].result(30)
+    raw_runs, beam_runs = [], []
+    try:
+        for rep in range(args.repetitions):
+            raw_runs.append(raw_consume(args.bootstrap, topic, args.count, args.partitions))
+            beam_runs.append(beam_read(args.bootstrap, topic, args.count))
+            raw, read = raw_runs[-1], beam_runs[-1]
+            print(
+                f"rep {rep + 1}: raw {args.count / raw.wall:,.0f} msgs/s "
+                f"({args.count / raw.cpu:,.0f}/CPU-s), ReadFromKafka "
+                f"{args.count / read.wall:,.0f} msgs/s ({args.count / read.cpu:,.0f}/CPU-s)"
+            )
+    finally:
+        admin.delete_topics([topic])[topic].result(30)
+    medians = {}
+    for name, timers in (("raw consume loop", raw_runs), ("ReadFromKafka → Count", beam_runs)):
+        wall = args.count / statistics.median(t.wall for t in timers)
+        cpu = args.count / statistics.median(t.cpu for t in timers)
+        medians[name] = (wall, cpu)
+        print(f"median {name:22}: {wall:,.0f} msgs/s, {cpu:,.0f} msgs/CPU-s")
+    (raw_wall, raw_cpu), (beam_wall, beam_cpu) = medians.values()
+    print(f"ratio ReadFromKafka/raw : {beam_wall / raw_wall:.2f} wall-clock (target >= 0.5)")
+    print(f"                          {beam_cpu / raw_cpu:.2f} per CPU-second")
 
 
 if __name__ == "__main__":
