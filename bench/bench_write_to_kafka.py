@@ -35,7 +35,6 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from transforms.kafka_config import LOCAL_BROKER_SETTINGS, KafkaConfig
 from transforms.write_to_kafka import PRODUCER_DEFAULTS, WriteToKafka
 
-_LOGGER = logging.getLogger("bench_write_to_kafka")
 PARTITIONS = 3
 
 

@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import threading
 import time
+import types
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any
 
@@ -42,11 +43,9 @@ _LOGGER = logging.getLogger(__name__)
 #: Producer settings applied unless the config overrides them. ``murmur2_random`` places keyed
 #: messages on the same partitions as the Java client (and Kafka Streams / ksqlDB), which
 #: librdkafka's own default (``consistent_random``, CRC32) does not.
-PRODUCER_DEFAULTS: Mapping[str, str] = {
-    "enable.idempotence": "true",
-    "acks": "all",
-    "partitioner": "murmur2_random",
-}
+PRODUCER_DEFAULTS: Mapping[str, str] = types.MappingProxyType(
+    {"enable.idempotence": "true", "acks": "all", "partitioner": "murmur2_random"}
+)
 _METRICS_NAMESPACE = "kafka_beam_ml.WriteToKafka"
 _DEFAULT_MESSAGE_TIMEOUT_MS = 300_000  # librdkafka's message.timeout.ms default
 _FLUSH_MARGIN_S = 10.0  # beyond message.timeout.ms every message has had its delivery report
