@@ -71,7 +71,6 @@ EXPORT_SOURCE: tuple[Option, ...] = (
         "Confluent schema registry for AVRO_CONFLUENT_WIRE_FORMAT, e.g. http://registry:8081.",
         regexes=(r"https?://[A-Za-z0-9_.\-\[\]:]+(:[0-9]{1,5})?(/\S*)?",),
         example="http://schema-registry:8081",
-        param_type="URL",
     ),
     Option(
         "unknownFields",
