@@ -89,17 +89,14 @@ class _PartitionConsumer:
             # The queue moved on: until the caller confirms what it emitted (an error or an
             # abandoned bundle may come first), the next use must re-assign, or records are lost.
             self.next_offset = None
-        good = []
-        for message in messages:
-            error = message.error()
-            if error is None:
-                good.append(message)
-            elif error.code() == KafkaError._PARTITION_EOF:
-                continue
-            elif error.retriable() and not error.fatal():
+        good = [message for message in messages if message.error() is None]
+        if len(good) < len(messages):
+            for error in (m.error() for m in messages if m.error() is not None):
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if not error.retriable() or error.fatal():
+                    raise KafkaException(error)
                 _LOGGER.warning("Kafka %s[%d]: retrying after %s", *self._where(), error)
-            else:
-                raise KafkaException(error)
         return good
 
     def end_offset(self) -> int:

@@ -42,7 +42,12 @@ from transforms.kafka_restriction import (
     PartitionOffsetRange,
 )
 from transforms.kafka_watermark import KafkaWatermarkEstimator
-from transforms.read_from_kafka import ReadFromKafka, _ReaderSettings, _ReadUnboundedPartitionsFn
+from transforms.read_from_kafka import (
+    ReadFromKafka,
+    _PartitionConsumer,
+    _ReaderSettings,
+    _ReadUnboundedPartitionsFn,
+)
 
 # ---------------------------------------------------------------- fake Kafka (in-process)
 
@@ -559,3 +564,35 @@ def test_a_failed_bundle_is_re_read_from_its_start(cluster):
     outputs.close()  # the bundle failed: the runner retries the same restriction
     retried, _, _, _ = _process(fn, plan, restriction)
     assert [wv.value.offset for wv in retried] == list(range(20))
+
+
+class _ErrorMessage:
+    def __init__(self, code: int, *, fatal: bool = False, retriable: bool = False) -> None:
+        self._error = KafkaError(code, "test error", fatal=fatal, retriable=retriable)
+
+    def error(self):
+        return self._error
+
+
+class _ScriptedConsumer:
+    """Hands out prepared batches, one per consume() call."""
+
+    def __init__(self, batches):
+        self._batches = list(batches)
+
+    def consume(self, num_messages, timeout):
+        return self._batches.pop(0)
+
+
+def test_poll_skips_retriable_errors_and_raises_on_fatal_ones():
+    good = _log("t", 1, 2)[0]
+    transient = _ErrorMessage(KafkaError._TRANSPORT, retriable=True)
+    fatal = _ErrorMessage(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    consumer = _PartitionConsumer(
+        _ScriptedConsumer([[good[0], transient, good[1]], [fatal]]), "t", 0
+    )
+    consumer.next_offset = 0
+    assert consumer.poll(10, 0.1) == good
+    assert consumer.next_offset is None  # the queue moved: re-assign unless the caller confirms
+    with pytest.raises(KafkaException):
+        consumer.poll(10, 0.1)
