@@ -12,29 +12,32 @@ Usage (inside a pipeline module)::
 
     OPTIONS = (*EXPORT_SOURCE, Option("outputTableSpec", ...))
     source = ExportSource.from_options(options, OPTIONS)      # OptionError before any work
-    decoded = source.read_and_decode(p)                        # DecodeResult
+    decoded = source.read_and_decode(p)                        # ExportRows
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import datetime
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.options import GCP_ENDPOINTS, KAFKA_SOURCE, Option, OptionError, validate
-from transforms.decode import MESSAGE_FORMATS, DecodeAndValidate, DecodeResult
+from transforms.decode import MESSAGE_FORMATS, DecodeAndValidate
+from transforms.expressions import FUNCTIONS, Expr
+from transforms.filter_project import Filter
 from transforms.gcp_endpoints import GcpEndpoints
 from transforms.kafka_config import KafkaConfig, KafkaConfigError
 from transforms.read_from_kafka import ReadFromKafka
 from transforms.schema import RowSchema
 
-__all__ = ["EXPORT_SOURCE", "ExportSource", "TABLE_SPEC_REGEX"]
+__all__ = ["EXPORT_SOURCE", "ExportSource", "ExportRows", "TABLE_SPEC_REGEX"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -82,6 +85,15 @@ EXPORT_SOURCE: tuple[Option, ...] = (
         example="ignore",
     ),
     Option(
+        "filter",
+        "Row filter",
+        "Keep only rows matching this expression (KSQL-style WHERE over the schema's fields, "
+        "see transforms.expressions), e.g. Amount > 0 and Time >= 3600. Rows the expression "
+        "fails on (e.g. a comparison with null) become dead letters.",
+        regexes=(r"[^;]{1,2000}",),
+        example="Amount > 0 and Time >= 3600",
+    ),
+    Option(
         "maxMessageBytes",
         "Maximum message size",
         "Messages with longer values are dead-lettered before decoding (bytes).",
@@ -115,6 +127,41 @@ def _start(values: Mapping[str, Any]) -> dict[str, Any]:
     return {"start": "committed", "start_fallback": "earliest" if start == "committed" else start}
 
 
+def _row_filter(text: str | None, schema: RowSchema) -> Expr | None:
+    """``--filter`` compiled, with every field it names checked against the schema."""
+    if text is None:
+        return None
+    try:
+        expr = Expr(text)
+    except ValueError as err:
+        raise OptionError(f"--filter={text!r}: {err}") from err
+    names = {
+        n.id for n in ast.walk(ast.parse(text.strip(), mode="eval")) if isinstance(n, ast.Name)
+    }
+    unknown = sorted(names - set(schema.names) - set(FUNCTIONS) - {"True", "False", "None"})
+    if unknown:
+        raise OptionError(f"--filter={text!r} names fields not in --schemaPath: {unknown}")
+    return expr
+
+
+class _OnRow:
+    """Apply a row predicate to plain rows and to ``(KafkaRecord, row)`` pairs alike."""
+
+    def __init__(self, predicate: Expr) -> None:
+        self._predicate = predicate
+
+    def __call__(self, element: Any) -> Any:
+        row = element[1] if isinstance(element, tuple) else element
+        return self._predicate(row)
+
+
+class ExportRows(NamedTuple):
+    """Decoded (and filtered) rows plus every dead letter of the source half."""
+
+    rows: beam.PCollection
+    dead_letters: beam.PCollection
+
+
 def _load_schema(path: str) -> tuple[RowSchema, dict[str, Any] | None]:
     """The row schema, plus the Avro document when the file is Avro (the exact writer schema)."""
     from apache_beam.io.filesystems import FileSystems
@@ -139,6 +186,7 @@ class ExportSource:
     endpoints: GcpEndpoints
     schema: RowSchema
     avro_schema: dict[str, Any] | None
+    row_filter: Expr | None
 
     @classmethod
     def from_options(cls, options: PipelineOptions, declarations: Sequence[Option]) -> ExportSource:
@@ -163,7 +211,8 @@ class ExportSource:
         endpoints = GcpEndpoints.from_options(options)
         endpoints.configure_process()
         schema, avro = _load_schema(values["schemaPath"])
-        source = cls(values, streaming, kafka, endpoints, schema, avro)
+        row_filter = _row_filter(values.get("filter"), schema)
+        source = cls(values, streaming, kafka, endpoints, schema, avro, row_filter)
         source.reader(read_args)  # ReadFromKafka checks its arguments at construction
         _LOGGER.info(
             "Export source: topic %s, %s, %s mode, Kafka %s",
@@ -197,7 +246,15 @@ class ExportSource:
             max_message_bytes=self.values["maxMessageBytes"],
         )
 
-    def read_and_decode(self, p: beam.Pipeline, *, with_records: bool = False) -> DecodeResult:
-        """Kafka → DecodeAndValidate; ``with_records`` keeps ``(KafkaRecord, row)`` pairs."""
+    def read_and_decode(self, p: beam.Pipeline, *, with_records: bool = False) -> ExportRows:
+        """Kafka → DecodeAndValidate → ``--filter``; ``with_records`` keeps
+        ``(KafkaRecord, row)`` pairs."""
         decoder = self.decoder().with_records() if with_records else self.decoder()
-        return p | "ReadFromKafka" >> self.reader() | "DecodeAndValidate" >> decoder
+        decoded = p | "ReadFromKafka" >> self.reader() | "DecodeAndValidate" >> decoder
+        if self.row_filter is None:
+            return ExportRows(decoded.rows, decoded.dead_letters)
+        kept = decoded.rows | "Filter" >> Filter(_OnRow(self.row_filter)).with_dead_letters()
+        dead_letters = (decoded.dead_letters, kept.dead_letters) | "SourceDeadLetters" >> (
+            beam.Flatten()
+        )
+        return ExportRows(kept.rows, dead_letters)

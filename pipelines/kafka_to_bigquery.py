@@ -34,6 +34,7 @@ __all__ = [
     "KafkaToBigQueryOptions",
     "KafkaToBigQueryOutputs",
     "prepare",
+    "preflight",
     "build_pipeline",
     "run",
 ]
@@ -116,6 +117,33 @@ def prepare(options: PipelineOptions) -> ExportSource:
     return source
 
 
+def preflight(source: ExportSource) -> None:
+    """Fail at launch, naming the flag, when an output dataset is missing or BigQuery is
+    unreachable (the client gives up within the endpoints' retry deadline)."""
+    from google.api_core.exceptions import GoogleAPIError, NotFound
+
+    client = source.endpoints.bigquery_client()
+    for flag, spec in (
+        ("--outputTableSpec", source.values["outputTableSpec"]),
+        ("--outputDeadletterTable", _dead_letter_table(source.values)),
+    ):
+        project, _, rest = spec.rpartition(":")
+        dataset = f"{project or source.endpoints.project}.{rest.split('.')[0]}"
+        try:
+            client.get_dataset(dataset, retry=source.endpoints.bigquery_retry, timeout=30)
+        except NotFound as err:
+            raise OptionError(f"{flag}={spec!r}: dataset {dataset} does not exist") from err
+        except (GoogleAPIError, OSError) as err:
+            raise OptionError(
+                f"{flag}={spec!r}: BigQuery at {source.endpoints.bigquery_endpoint or 'Google'} "
+                f"is not reachable: {err}"
+            ) from err
+
+
+def _dead_letter_table(values) -> str:  # noqa: ANN001 - the validated option values
+    return values.get("outputDeadletterTable") or values["outputTableSpec"] + DEAD_LETTER_SUFFIX
+
+
 def build_pipeline(
     p: beam.Pipeline, options: PipelineOptions, source: ExportSource | None = None
 ) -> KafkaToBigQueryOutputs:
@@ -123,7 +151,7 @@ def build_pipeline(
     source = source or prepare(options)
     values = source.values
     table = values["outputTableSpec"]
-    dead_letter_table = values.get("outputDeadletterTable") or table + DEAD_LETTER_SUFFIX
+    dead_letter_table = _dead_letter_table(values)
     decoded = source.read_and_decode(p, with_records=True)
     written = decoded.rows | "WriteRows" >> WriteRowsToBigQuery(
         table,
@@ -147,6 +175,7 @@ def run(argv: Sequence[str] | None = None) -> None:
     """Parse and check the options (errors name the flag), then run until done."""
     options = KafkaToBigQueryOptions(list(argv) if argv is not None else None)
     source = prepare(options)
+    preflight(source)
     with beam.Pipeline(options=options) as p:
         build_pipeline(p, options, source)
 

@@ -64,6 +64,9 @@ def test_valid_options_resolve_defaults():
     assert source.streaming is False
     assert source.schema.names[0] == "event_id"
     assert _gcs("--streaming").streaming is True
+    assert _gcs("--filter=Amount > 0 and coalesce(Class, 0) == 0").row_filter(
+        {"Amount": 1.0, "Class": None}
+    )
 
 
 @pytest.mark.parametrize(
@@ -92,6 +95,9 @@ def test_valid_options_resolve_defaults():
         (["--writeMethod=FILE_LOADS", "--streaming"], "--writeMethod"),
         (["--writeMethod=FILE_LOADS"], "--temp_location"),
         (["--insertBatchSize=0"], "--insertBatchSize"),
+        (["--filter=Amount >"], "--filter"),
+        (["--filter=__import__('os')"], "--filter"),
+        (["--filter=amount > 0"], "--filter.*not in --schemaPath.*amount"),
     ],
 )
 def test_bad_bigquery_options_name_the_flag(extra, flag):
