@@ -419,6 +419,18 @@ class ReadFromKafka(beam.PTransform):
             "max_process_s": max_process_s,
         }
 
+    def display_data(self) -> dict[str, Any]:
+        """What the runner UI shows: where and what is read (never the connection's secrets)."""
+        stop = self._plan_kwargs["stop"]
+        return {
+            "topics": ", ".join(self._topics),
+            "groupId": self._reader.group_id or "",
+            "start": str(self._plan_kwargs["start"]),
+            "stop": stop if isinstance(stop, str) else f"{len(stop)} explicit offsets",
+            "maxRecords": self._plan_kwargs["max_records"] or 0,
+            "bootstrapServers": self._reader.config.bootstrap_servers,
+        }
+
     def expand(self, pbegin):
         read_fn = _ReadPartitionsFn if self._bounded else _ReadUnboundedPartitionsFn
         return (

@@ -596,3 +596,19 @@ def test_poll_skips_retriable_errors_and_raises_on_fatal_ones():
     assert consumer.next_offset is None  # the queue moved: re-assign unless the caller confirms
     with pytest.raises(KafkaException):
         consumer.poll(10, 0.1)
+
+
+def test_display_data_names_the_source_without_secrets():
+    config = KafkaConfig(
+        bootstrap_servers="broker:9093",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="PLAIN",
+        sasl_username="reader",
+        sasl_password="env:H3_TEST_KAFKA_PASSWORD",
+    )
+    shown = ReadFromKafka(config, ["a", "b"], group_id="g", stop="end_at_launch").display_data()
+    assert shown["topics"] == "a, b"
+    assert shown["groupId"] == "g"
+    assert shown["stop"] == "end_at_launch"
+    assert shown["bootstrapServers"] == "broker:9093"
+    assert "password" not in repr(shown).lower()
