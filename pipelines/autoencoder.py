@@ -35,7 +35,7 @@ _LOGGER = logging.getLogger(__name__)
 SIGNATURE = "serving_default"
 
 
-def build_autoencoder(n_features: int, *, learning_rate: float = 3e-3) -> keras.Model:
+def build_autoencoder(n_features: int, *, learning_rate: float = 1e-2) -> keras.Model:
     """n → 14 → 7 → 7 → n, compiled with Adam and MSE (seed Keras before calling)."""
     inputs = keras.Input(shape=(n_features,), name="features")
     x = keras.layers.Dense(

@@ -81,7 +81,8 @@ def pick_threshold(
     chosen rows and unseen scores in the gap fall on the cautious side half the time.
     """
     precision, recall, thresholds = precision_recall_curve(labels, scores)
-    f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    total = precision + recall
+    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(total), where=total > 0)
     index = int(np.argmax(f1))
     if target_precision is not None:
         meets = np.nonzero(precision >= target_precision)[0]

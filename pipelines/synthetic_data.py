@@ -109,7 +109,8 @@ def creditcard_transactions(
         raise ValueError(f"fraud_rate must be within [0, 1], got {fraud_rate}")
     elapsed = 0.0
     for chunk, start in enumerate(range(0, count, _CHUNK)):
-        size = min(_CHUNK, count - start)
+        # Always draw a whole chunk (then use its head) so a run's length changes no values.
+        size = _CHUNK
         rng = _chunk_rng(seed, "creditcard", chunk)
         fraud = rng.random(size) < fraud_rate
         # Heavy tails: some legitimate rows are further out along the factors than the bulk.
@@ -129,7 +130,7 @@ def creditcard_transactions(
         times = elapsed + np.cumsum(gaps)
         elapsed = float(times[-1])
         cards = rng.integers(0, _CARD_POOL, size)
-        for i in range(size):
+        for i in range(min(size, count - start)):
             row: dict[str, Any] = {
                 "event_id": f"cc-{seed}-{start + i:09d}",
                 "card_id": f"card-{cards[i]:05d}",

@@ -113,12 +113,12 @@ OPTIONS: tuple[Option, ...] = (
         regexes=(r"[A-Za-z_][A-Za-z0-9_]*(,[A-Za-z_][A-Za-z0-9_]*)*",),
         example="Time,V1,V2,Amount",
     ),
-    Option("epochs", "Epochs", "Maximum training epochs.", type=int, default=60,
-           regexes=(r"[1-9][0-9]{0,4}",), example="60"),
+    Option("epochs", "Epochs", "Maximum training epochs.", type=int, default=40,
+           regexes=(r"[1-9][0-9]{0,4}",), example="40"),
     Option("batchSize", "Batch size", "Training batch size.", type=int, default=256,
            regexes=(r"[1-9][0-9]{0,5}",), example="256"),
-    Option("learningRate", "Learning rate", "Adam learning rate.", type=float, default=0.003,
-           regexes=(r"[0-9]*\.?[0-9]+([eE]-?[0-9]+)?",), example="0.003"),
+    Option("learningRate", "Learning rate", "Adam learning rate.", type=float, default=0.01,
+           regexes=(r"[0-9]*\.?[0-9]+([eE]-?[0-9]+)?",), example="0.01"),
     Option("patience", "Early-stopping patience", "Epochs without validation improvement "
            "before stopping (best weights are restored).", type=int, default=5,
            regexes=(r"[1-9][0-9]{0,3}",), example="5"),
@@ -147,9 +147,9 @@ class TrainSettings:
     label: str | None = "Class"
     id_field: str | None = "event_id"
     features: tuple[str, ...] | None = None
-    epochs: int = 60
+    epochs: int = 40
     batch_size: int = 256
-    learning_rate: float = 0.003
+    learning_rate: float = 0.01
     patience: int = 5
     seed: int = 0
     target_precision: float | None = None
@@ -234,7 +234,8 @@ def _analyze(rows: Sequence[Mapping[str, Any]], schema: RowSchema, settings: Tra
         )
 
 
-def _fit(x_train: np.ndarray, x_val: np.ndarray, settings: TrainSettings, log_dir: str) -> Any:
+def _seeded_autoencoder(n_features: int, settings: TrainSettings) -> Any:
+    """A fresh network after seeding everything, so a seed always gives the same model."""
     import keras
     import tensorflow as tf
 
@@ -242,7 +243,14 @@ def _fit(x_train: np.ndarray, x_val: np.ndarray, settings: TrainSettings, log_di
 
     keras.utils.set_random_seed(settings.seed)
     tf.config.experimental.enable_op_determinism()
-    autoencoder = build_autoencoder(x_train.shape[1], learning_rate=settings.learning_rate)
+    return build_autoencoder(n_features, learning_rate=settings.learning_rate)
+
+
+def _fit(
+    autoencoder: Any, x_train: np.ndarray, x_val: np.ndarray, settings: TrainSettings, log_dir: str
+) -> dict[str, list[float]]:
+    import keras
+
     history = autoencoder.fit(
         x_train,
         x_train,
@@ -258,7 +266,7 @@ def _fit(x_train: np.ndarray, x_val: np.ndarray, settings: TrainSettings, log_di
             keras.callbacks.TensorBoard(log_dir=log_dir),
         ],
     )
-    return autoencoder, history.history
+    return history.history
 
 
 def _publish(staging: str, version_dir: str) -> None:
@@ -328,11 +336,14 @@ def train(
     transform_output = tft.TFTransformOutput(settings.transform_dir)
 
     with tempfile.TemporaryDirectory(prefix="train-") as staging:
-        model = AnomalyModel(transform_output, None, features, schema, 0.0)
+        autoencoder = _seeded_autoencoder(len(features), settings)
+        model = AnomalyModel(transform_output, autoencoder, features, schema, 0.0)
+        # The serving path's own transform, so training sees exactly what serving will.
         x = model.transform(_columns(rows, features)).numpy()
         if not np.isfinite(x).all():
             raise ValueError("transformed features contain NaN/inf; check the input rows")
-        autoencoder, history = _fit(
+        history = _fit(
+            autoencoder,
             x[in_split["train"] & normal],
             x[in_split["validation"] & normal],
             settings,
@@ -357,7 +368,7 @@ def train(
         }
         _LOGGER.info("Test metrics: %s", metrics["test"])
 
-        model = AnomalyModel(transform_output, autoencoder, features, schema, threshold)
+        model.threshold.assign(threshold)
         model.save(staging)
         test_labels = labels[test]
         if (test_labels == 1).any():

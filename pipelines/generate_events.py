@@ -1,0 +1,213 @@
+"""Produce demo events to Kafka: synthetic credit-card or car-sensor rows, or a real creditcard.csv.
+
+Rows come from :mod:`pipelines.synthetic_data` (seeded, reproducible) and are produced as compact
+JSON keyed by ``card_id`` / ``car_id``, as fast as possible or at ``--rate`` messages per second,
+with a progress bar. ``--malformed F`` corrupts that fraction of the messages (invalid JSON, wrong
+types, missing fields, non-UTF-8) so the pipelines' dead-letter paths have something to catch.
+The producer uses the same settings as the pipelines' ``WriteToKafka`` (idempotent, ``acks=all``,
+Java-compatible partitioner); the topic is created with ``--partitions`` if it does not exist.
+
+Usage::
+
+    python -m pipelines.generate_events --kind creditcard --bootstrapServers 127.0.0.1:9092 \\
+        --topic transactions --count 100000 --rate 1000 --seed 7 --malformed 0.01
+    python -m pipelines.generate_events --kind creditcard --csv creditcard.csv ...
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from tqdm import tqdm
+
+from pipelines import synthetic_data
+from pipelines.options import KAFKA_CONNECTION, Option, OptionError, options_class, validate
+from transforms.kafka_config import KafkaConfig, KafkaConfigError
+from transforms.write_to_kafka import PRODUCER_DEFAULTS
+
+__all__ = [
+    "OPTIONS",
+    "GenerateEventsOptions",
+    "ProduceSummary",
+    "messages_for",
+    "ensure_topic",
+    "produce_messages",
+    "run",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+_KEYS = {"creditcard": "card_id", "car_sensor": "car_id"}
+
+OPTIONS: tuple[Option, ...] = (
+    *KAFKA_CONNECTION,
+    Option("kind", "Event kind", "creditcard or car_sensor.", required=True,
+           choices=tuple(_KEYS), example="creditcard"),
+    Option("topic", "Topic", "Kafka topic to produce to.", required=True,
+           regexes=(r"[A-Za-z0-9._\-]{1,249}",), example="transactions",
+           param_type="KAFKA_TOPIC"),
+    Option("count", "Count", "Number of events (with --csv: at most this many rows; default "
+           "all).", type=int, regexes=(r"[0-9]{1,10}",), example="100000"),
+    Option("rate", "Rate", "Messages per second; default as fast as possible.", type=float,
+           regexes=(r"[0-9]*\.?[0-9]+",), example="1000"),
+    Option("seed", "Seed", "Seed of the generator (same seed, same events).", type=int,
+           default=0, regexes=(r"[0-9]{1,9}",), example="7"),
+    Option("fraudRate", "Fraud rate", "Share of frauds (creditcard).", type=float,
+           default=synthetic_data.DEFAULT_FRAUD_RATE, regexes=(r"0?\.[0-9]+|[01]",),
+           example="0.00172"),
+    Option("anomalyRate", "Anomaly rate", "Share of anomalous readings (car_sensor).",
+           type=float, default=0.005, regexes=(r"0?\.[0-9]+|[01]",), example="0.005"),
+    Option("cars", "Cars", "Number of simulated cars (car_sensor).", type=int, default=20,
+           regexes=(r"[1-9][0-9]{0,6}",), example="20"),
+    Option("malformed", "Malformed fraction", "Fraction of messages to corrupt.", type=float,
+           default=0.0, regexes=(r"0?\.[0-9]+|[01]",), example="0.01"),
+    Option("csv", "Kaggle CSV", "Produce the rows of a real creditcard.csv instead of "
+           "synthetic ones (--kind creditcard).", example="/data/creditcard.csv"),
+    Option("partitions", "Partitions", "Partitions of the topic if it has to be created.",
+           type=int, default=3, regexes=(r"[1-9][0-9]{0,4}",), example="3"),
+)  # fmt: skip
+
+GenerateEventsOptions = options_class("GenerateEventsOptions", OPTIONS)
+
+
+@dataclasses.dataclass
+class ProduceSummary:
+    """What was produced: delivered messages, corruptions by kind, delivery failures."""
+
+    delivered: int = 0
+    failed: int = 0
+    malformed: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.delivered / self.seconds if self.seconds else 0.0
+
+
+def messages_for(values: Mapping[str, Any]) -> Iterator[synthetic_data.Message]:
+    """The messages the options describe (rows encoded, some corrupted)."""
+    kind = values["kind"]
+    count = values.get("count")
+    if values.get("csv"):
+        if kind != "creditcard":
+            raise OptionError("--csv needs --kind creditcard")
+        rows: Iterable[Mapping[str, Any]] = synthetic_data.read_creditcard_csv(values["csv"])
+        if count is not None:
+            rows = itertools.islice(rows, count)
+    elif count is None:
+        raise OptionError("--count is required unless --csv is given")
+    elif kind == "creditcard":
+        rows = synthetic_data.creditcard_transactions(
+            count, seed=values["seed"], fraud_rate=values["fraudRate"]
+        )
+    else:
+        rows = synthetic_data.car_sensor_events(
+            count, seed=values["seed"], cars=values["cars"], anomaly_rate=values["anomalyRate"]
+        )
+    return synthetic_data.encode_messages(
+        rows, key_field=_KEYS[kind], malformed_fraction=values["malformed"], seed=values["seed"]
+    )
+
+
+def ensure_topic(config: KafkaConfig, topic: str, partitions: int, timeout: float = 10.0) -> None:
+    """Create ``topic`` (replication factor 1 locally is the broker's choice) unless it exists."""
+    admin = AdminClient(config.as_librdkafka_dict())
+    if topic in admin.list_topics(timeout=timeout).topics:
+        return
+    future = admin.create_topics([NewTopic(topic, num_partitions=partitions)])[topic]
+    try:
+        future.result(timeout)
+        _LOGGER.info("Created topic %s with %d partitions", topic, partitions)
+    except KafkaException as err:
+        if "TOPIC_ALREADY_EXISTS" not in str(err):
+            raise
+
+
+def produce_messages(
+    config: KafkaConfig,
+    topic: str,
+    messages: Iterable[synthetic_data.Message],
+    *,
+    total: int | None = None,
+    rate: float | None = None,
+    progress: bool = True,
+) -> ProduceSummary:
+    """Produce ``messages`` (at ``rate`` per second if given) and wait for every delivery.
+
+    Raises:
+      RuntimeError: some messages were not delivered (the summary is in the message).
+    """
+    producer = Producer({**PRODUCER_DEFAULTS, "linger.ms": "5", **config.producer_dict()})
+    summary = ProduceSummary()
+
+    def on_delivery(error: Any, _message: Any) -> None:
+        if error is None:
+            summary.delivered += 1
+        else:
+            summary.failed += 1
+            _LOGGER.warning("delivery to %s failed: %s", topic, error)
+
+    start = time.monotonic()
+    bar = tqdm(total=total, unit="msg", disable=not progress, desc=topic)
+    for index, message in enumerate(messages):
+        if rate:
+            ahead = start + index / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        while True:
+            try:
+                producer.produce(topic, message.value, message.key, on_delivery=on_delivery)
+                break
+            except BufferError:  # local queue full: let deliveries drain
+                producer.poll(0.05)
+        if message.malformed:
+            summary.malformed[message.malformed] += 1
+        producer.poll(0)
+        bar.update(1)
+    remaining = producer.flush(60)
+    bar.close()
+    summary.seconds = time.monotonic() - start
+    if remaining or summary.failed:
+        raise RuntimeError(
+            f"{summary.failed} messages failed and {remaining} were still queued after 60 s "
+            f"({summary.delivered} delivered to {topic})"
+        )
+    return summary
+
+
+def run(argv: Sequence[str] | None = None) -> ProduceSummary:
+    """Parse the options, create the topic if needed and produce."""
+    opts = GenerateEventsOptions(list(argv) if argv is not None else None)
+    values = validate(opts, OPTIONS)
+    try:
+        config = KafkaConfig.from_options(values)
+    except KafkaConfigError as err:
+        raise OptionError(str(err)) from err
+    messages = messages_for(values)
+    ensure_topic(config, values["topic"], values["partitions"])
+    summary = produce_messages(
+        config, values["topic"], messages, total=values.get("count"), rate=values.get("rate")
+    )
+    _LOGGER.info(
+        "Produced %d %s events to %s in %.1f s (%.0f msg/s); malformed: %s",
+        summary.delivered,
+        values["kind"],
+        values["topic"],
+        summary.seconds,
+        summary.rate,
+        dict(summary.malformed) or "none",
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    run()
