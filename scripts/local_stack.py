@@ -179,7 +179,7 @@ class Stack:
             os.environ.get("KBML_BIGQUERY_VENV") or REPO / ".stack" / "bigquery-venv"
         ).resolve()
         self.project = os.environ.get("KBML_PROJECT") or "kafka-beam-ml-local"
-        self.timeout = float(os.environ.get("KBML_STACK_TIMEOUT") or 60)
+        self.timeout = float(os.environ.get("KBML_STACK_TIMEOUT") or 120)
         saved = self._saved_ports()
         self.ports = {
             var: _env_int(var, saved.get(var, default)) for var, default in DEFAULT_PORTS.items()
@@ -312,11 +312,14 @@ class Stack:
             self._install()
 
     def _install(self) -> None:
-        if not self._noida_binary().is_file():
+        noida = self._noida_binary()
+        if not noida.is_file():
             raise StackError(
                 "kafka: noida-db is not installed in "
                 f"{sys.prefix}; run scripts/bootstrap.sh (pip install -e '.[dev]')"
             )
+        if not os.access(noida, os.X_OK):
+            noida.chmod(0o755)  # what the noida-db wrapper does before each run
         if not (Path(sys.executable).parent / "gcp-storage-emulator").is_file():
             raise StackError(
                 "gcs: gcp-storage-emulator is not installed in "
@@ -565,8 +568,8 @@ def main(argv: list[str] | None = None) -> int:
     env.add_argument("--json", action="store_true", help="print a JSON object instead")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="stack: %(message)s", stream=sys.stderr)
-    stack = Stack()
     try:
+        stack = Stack()
         if args.command == "up":
             stack.up(args.services, free_ports=args.free_ports)
         elif args.command == "install":
