@@ -132,7 +132,7 @@ def main_py(template: Template) -> str:
     """
     if not template.streaming:
         return (
-            f'"""Flex Template entry point for {template.title}. {_GENERATED}"""\n'
+            f'"""Flex Template entry point for {template.title}.\n\n{_GENERATED}\n"""\n'
             "\n"
             f"from {template.module} import run\n"
             "\n"
@@ -140,7 +140,7 @@ def main_py(template: Template) -> str:
             "    run()\n"
         )
     return (
-        f'"""Flex Template entry point for {template.title} (streaming). {_GENERATED}"""\n'
+        f'"""Flex Template entry point for {template.title} (streaming).\n\n{_GENERATED}\n"""\n'
         "\n"
         "import sys\n"
         "\n"

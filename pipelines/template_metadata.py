@@ -97,7 +97,48 @@ class Template:
 
 
 #: Every template we ship. Add a line here when a pipeline gains a template, then ``--write``.
-TEMPLATES: tuple[Template, ...] = ()
+#: The trainer has none: it trains in the launching process and submits no Dataflow job, which a
+#: Flex Template launcher requires (see docs/templates.md).
+TEMPLATES: tuple[Template, ...] = (
+    Template(
+        name="kafka_to_bigquery",
+        module="pipelines.kafka_to_bigquery",
+        title="Kafka to BigQuery",
+        description=(
+            "Reads a Kafka topic up to its end offsets at launch, decodes and validates each "
+            "message against a row schema (JSON, Avro or Confluent wire format) and writes the "
+            "rows to a BigQuery table. Messages that fail decoding or that BigQuery rejects go to "
+            "a dead-letter table with their raw bytes and Kafka coordinates; offsets are "
+            "committed to the consumer group only after the rows were written."
+        ),
+        streaming=False,
+    ),
+    Template(
+        name="kafka_to_gcs",
+        module="pipelines.kafka_to_gcs",
+        title="Kafka to Cloud Storage TFRecords",
+        description=(
+            "Reads a Kafka topic up to its end offsets at launch, decodes and validates each "
+            "message against a row schema and writes sharded tf.Example TFRecord files plus the "
+            "schema (and optionally a tf.Transform artifact) to a Cloud Storage directory: the "
+            "trainer's input. Rejected messages are written as JSON dead letters beside them."
+        ),
+        streaming=False,
+    ),
+    Template(
+        name="score_events",
+        module="pipelines.score_events",
+        title="Live anomaly scoring, Kafka to Kafka",
+        description=(
+            "Scores every Kafka event with the newest versioned TensorFlow autoencoder under a "
+            "model path and writes one JSON prediction per event to an output topic, anomalies "
+            "also to an alert topic and undecodable events to a dead-letter topic. Newer model "
+            "versions are picked up without a restart; offsets are committed after the outputs "
+            "are written (at-least-once)."
+        ),
+        streaming=True,
+    ),
+)
 
 
 def get_template(name: str) -> Template:

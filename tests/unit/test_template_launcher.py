@@ -245,3 +245,54 @@ def test_cli_pipeline_option_errors_exit_2(fake_template, capsys):
 def test_cli_list_shows_templates(fake_template, capsys):
     assert main(["list"]) == 0
     assert capsys.readouterr().out == "fake\tstreaming\tFake\n"
+
+
+# --- the real templates ---------------------------------------------------------------------
+
+
+def test_real_template_refuses_a_bad_parameter_set_listing_each_problem(capsys):
+    status = main(
+        [
+            "run",
+            "kafka_to_bigquery",
+            "--parameters",
+            "inputTopic=bad topic,securityProtocol=TLS,insertBatchSize=many",
+            "--parameters",
+            "saslPassword=hunter2,outputTableSpec=not-a-table,colour=red",
+        ]
+    )
+    assert status == EXIT_BAD_PARAMETERS
+    err = capsys.readouterr().err
+    assert err.count("error: invalid parameters for template kafka_to_bigquery:") == 1
+    lines = [line.strip() for line in err.splitlines()[1:]]
+    assert [line.split(":")[0].split("=")[0] for line in lines] == [
+        "bootstrapServers",
+        "schemaPath",
+        "inputTopic",
+        "securityProtocol",
+        "insertBatchSize",
+        "outputTableSpec",
+        "colour",
+    ]
+    assert "bootstrapServers: required parameter is missing. Comma-separated host:port" in err
+    assert "schemaPath: required parameter is missing. BigQuery JSON schema or Avro" in err
+    assert "securityProtocol='TLS' does not match 'PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL'" in err
+    assert "outputTableSpec='not-a-table' does not match" in err
+    assert "BigQuery table for the rows, [project:]dataset.table" in err
+    assert "hunter2" not in err
+
+
+def test_real_streaming_template_runs_streaming_unless_told_otherwise():
+    params = {
+        "bootstrapServers": "127.0.0.1:9092",
+        "inputTopic": "events",
+        "outputTopic": "predictions",
+        "modelPath": "/tmp/models/fraud",
+        "schemaPath": "transforms/schemas/creditcard.json",
+    }
+    assert "--streaming" in prepare("score_events", params).argv
+    assert "--streaming" not in prepare("score_events", params, streaming=False).argv
+    export = {**params, "outputTableSpec": "my-project:fraud.transactions"}
+    del export["outputTopic"], export["modelPath"]
+    assert "--streaming" not in prepare("kafka_to_bigquery", export).argv
+    assert "--streaming" in prepare("kafka_to_bigquery", export, streaming=True).argv
