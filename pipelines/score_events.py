@@ -99,6 +99,9 @@ OPTIONS: tuple[Option, ...] = (
 
 ScoreEventsOptions = options_class("ScoreEventsOptions", OPTIONS)
 
+#: Longest an event waits for its batch when streaming; see ScoreEvents.
+_STREAM_BATCH_WAIT_S = 0.05
+
 #: Outputs (predictions, alerts, dead letters) keep the input event's Kafka key.
 _KEY = operator.attrgetter("key")
 
@@ -140,7 +143,10 @@ def build_pipeline(
             threshold=values["threshold"],
             poll_seconds=values["modelPollSeconds"],
         )
-    scored = decoded.rows | "ScoreEvents" >> ScoreEvents(model_handler)
+    # A stream bounds the wait for a batch (latency); a batch job fills batches (throughput).
+    scored = decoded.rows | "ScoreEvents" >> ScoreEvents(
+        model_handler, max_batch_wait_s=_STREAM_BATCH_WAIT_S if source.streaming else None
+    )
 
     _ = scored.predictions | "WritePredictions" >> WriteToKafka(
         config, values["outputTopic"], key_fn=_KEY, value_fn=Prediction.to_json

@@ -160,7 +160,7 @@ class _BatchWithinBundleFn(beam.DoFn):
     local streaming runner only fires when the stream ends. Elements are in the global window.
     """
 
-    def __init__(self, max_size: int, max_wait_s: float) -> None:
+    def __init__(self, max_size: int, max_wait_s: float | None) -> None:
         self._max_size = max_size
         self._max_wait_s = max_wait_s
 
@@ -172,9 +172,8 @@ class _BatchWithinBundleFn(beam.DoFn):
         if not self._batch:
             self._opened = time.monotonic()
         self._batch.append(element)
-        if (
-            len(self._batch) >= self._max_size
-            or time.monotonic() - self._opened >= self._max_wait_s
+        if len(self._batch) >= self._max_size or (
+            self._max_wait_s is not None and time.monotonic() - self._opened >= self._max_wait_s
         ):
             yield self._take()
 
@@ -198,7 +197,8 @@ class ScoreEvents(beam.PTransform):
         stock handlers this way).
       id_field: the row field copied into ``Prediction.event_id`` (None if a row lacks it).
       max_batch_size: most events per model call.
-      max_batch_wait_s: longest an event waits for its batch to fill (the latency budget).
+      max_batch_wait_s: longest an event waits for its batch to fill (the latency budget of a
+        stream); None: batches fill up to ``max_batch_size`` or the bundle end (batch jobs).
       clock: wall clock for ``scoring_time`` (tests inject a fixed one).
 
     Returns:
@@ -211,13 +211,13 @@ class ScoreEvents(beam.PTransform):
         *,
         id_field: str = "event_id",
         max_batch_size: int = 1024,
-        max_batch_wait_s: float = 0.05,
+        max_batch_wait_s: float | None = 0.05,
         clock: Callable[[], float] = time.time,
         label: str | None = None,
     ) -> None:
         super().__init__(label)
-        if max_batch_size < 1 or max_batch_wait_s < 0:
-            raise ValueError("max_batch_size must be >= 1 and max_batch_wait_s >= 0")
+        if max_batch_size < 1 or (max_batch_wait_s is not None and max_batch_wait_s < 0):
+            raise ValueError("max_batch_size must be >= 1 and max_batch_wait_s >= 0 or None")
         if isinstance(model_handler, SavedModelHandler):
             model_handler = model_handler.keyed()
         self._handler = model_handler.with_no_batching()

@@ -12,7 +12,7 @@ from tiny_anomaly_model import CREDITCARD_FEATURES, expected_score, write_model
 
 from transforms.kafka_record import KafkaRecord
 from transforms.model_handler import SavedModelHandler
-from transforms.scoring import Prediction, ScoreEvents
+from transforms.scoring import Prediction, ScoreEvents, _BatchWithinBundleFn
 
 SCORED_AT = 1_795_000_000.0  # 2026-11-18T11:06:40Z: a fixed scoring clock
 THRESHOLD = 1.5
@@ -132,3 +132,16 @@ def test_prediction_json() -> None:
         "partition": 1,
         "offset": 7,
     }
+
+
+def _batches(fn: _BatchWithinBundleFn, elements: list[int]) -> list[list[int]]:
+    fn.start_bundle()
+    emitted = [wv.value for e in elements for wv in fn.process(e)]
+    return emitted + [wv.value for wv in fn.finish_bundle()]
+
+
+def test_batches_stay_within_a_bundle_and_respect_size_and_wait() -> None:
+    assert _batches(_BatchWithinBundleFn(3, None), list(range(7))) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert _batches(_BatchWithinBundleFn(3, 0.0), [1, 2]) == [[1], [2]]  # no wait: one each
+    assert _batches(_BatchWithinBundleFn(100, 60.0), [1, 2]) == [[1, 2]]  # flushed at bundle end
+    assert _batches(_BatchWithinBundleFn(3, None), []) == []
