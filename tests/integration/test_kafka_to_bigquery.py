@@ -9,7 +9,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from confluent_kafka import Consumer, Producer, TopicPartition
+from export_events import committed_total, creditcard_event, invalid_messages, produce
 
 from pipelines import kafka_to_bigquery
 from pipelines.options import OptionError
@@ -20,45 +20,6 @@ from transforms.schema import bundled_schema, bundled_schema_path
 pytestmark = pytest.mark.integration
 
 SCHEMA = bundled_schema("creditcard")
-
-
-def creditcard_event(i: int) -> dict:
-    row = {"event_id": f"evt-{i:04d}", "card_id": f"card-{i % 4}", "Time": float(i)}
-    row.update({f"V{k}": round((i * k) % 17 / 7.0 - 1.0, 6) for k in range(1, 29)})
-    row.update({"Amount": round(3.5 * i + 0.25, 2), "Class": i % 2 if i % 5 else None})
-    return row
-
-
-def invalid_messages() -> list[bytes]:
-    missing = creditcard_event(900)
-    del missing["Amount"]
-    wrong_type = {**creditcard_event(901), "V3": "high"}
-    unknown = {**creditcard_event(902), "merchant": "acme"}
-    return [
-        b"{not json",
-        b"\xff\xfe not utf-8",
-        json.dumps(missing).encode(),
-        json.dumps(wrong_type).encode(),
-        json.dumps(unknown).encode(),
-    ]
-
-
-def produce(kafka_config, topic: str, values: list[bytes]) -> None:
-    producer = Producer(kafka_config.producer_dict())
-    for index, value in enumerate(values):
-        producer.produce(topic, value, key=f"card-{index % 4}".encode())
-    assert producer.flush(30) == 0
-
-
-def committed_total(kafka_config, topic: str, group: str, partitions: int) -> int:
-    consumer = Consumer(kafka_config.consumer_dict(group))
-    try:
-        offsets = consumer.committed(
-            [TopicPartition(topic, p) for p in range(partitions)], timeout=10
-        )
-        return sum(max(tp.offset, 0) for tp in offsets)
-    finally:
-        consumer.close()
 
 
 def pipeline_argv(stack_env, topic: str, group: str, dataset: str, *extra: str) -> list[str]:
