@@ -151,6 +151,17 @@ def _start_offsets(client, tps, start, start_fallback, marks, timeout) -> dict:
                     low,
                 )
                 result[key] = low
+            elif offset > high:
+                _LOGGER.warning(
+                    "Committed offset %d of %s[%d] is past the log end %d (topic recreated?); "
+                    "starting at %s",
+                    offset,
+                    key[0],
+                    key[1],
+                    high,
+                    start_fallback,
+                )
+                result[key] = (low, high)[fallback]
             else:
                 result[key] = offset
         return result

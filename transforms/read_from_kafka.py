@@ -258,7 +258,7 @@ class _ReadPartitionsFn(beam.DoFn):
                 else:
                     tracker.defer_remainder(Duration.of(self._poll_timeout_s))
                 break
-            batch, ended = self._cut(messages, stop, plan.stop_timestamp_ms)
+            batch, ended = self._cut(messages, next_offset, stop, plan.stop_timestamp_ms)
             if batch:
                 if not tracker.try_claim(batch[-1].offset()):
                     break  # a runner checkpoint took the rest
@@ -266,7 +266,7 @@ class _ReadPartitionsFn(beam.DoFn):
                 next_offset = batch[-1].offset() + 1
                 sample = batch[:16]  # enough for a size estimate, cheap per batch
                 reader.mean_bytes = sum(len(m) for m in sample) / len(sample)
-            if ended or len(batch) < len(messages):
+            if ended or messages[-1].offset() >= stop:
                 tracker.try_claim(stop)  # done; the messages past the stop are dropped
                 break
             reader.next_offset = next_offset  # everything taken from the queue was emitted
@@ -280,8 +280,15 @@ class _ReadPartitionsFn(beam.DoFn):
             )
 
     @staticmethod
-    def _cut(messages: list, stop: int, stop_timestamp_ms: int | None) -> tuple[list, bool]:
-        """Messages before ``stop`` and before the stop time; True when the stop time was hit."""
+    def _cut(
+        messages: list, next_offset: int, stop: int, stop_timestamp_ms: int | None
+    ) -> tuple[list, bool]:
+        """Messages in ``[next_offset, stop)`` and before the stop time; True when the stop time
+        was hit. Offsets below ``next_offset`` only appear after an offset reset by the client."""
+        if messages[0].offset() < next_offset:
+            messages = [m for m in messages if m.offset() >= next_offset]
+            if not messages:
+                return messages, False
         if messages[-1].offset() >= stop:
             messages = [m for m in messages if m.offset() < stop]
         if stop_timestamp_ms is not None:

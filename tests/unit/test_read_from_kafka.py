@@ -612,3 +612,29 @@ def test_display_data_names_the_source_without_secrets():
     assert shown["stop"] == "end_at_launch"
     assert shown["bootstrapServers"] == "broker:9093"
     assert "password" not in repr(shown).lower()
+
+
+def test_offsets_before_the_range_after_a_client_reset_are_not_re_emitted(cluster):
+    """After an offset reset the client may hand out offsets below the range: they are skipped."""
+    fn = _read_fn(cluster)
+    plan = PartitionPlan("events", 0, 12, 15, end_offset_at_launch=20)
+    restriction = PartitionOffsetRange(12, 15, "events", 0)
+    reader = fn._consumer("events", 0)
+    reader.position_at(12)
+    reader.consumer.assign([TopicPartition("events", 0, 3)])  # what a reset to earlier does
+    outputs, _, _, _ = _process(fn, plan, restriction)
+    assert [wv.value.offset for wv in outputs] == [12, 13, 14]
+
+
+def test_committed_offset_past_the_log_end_falls_back(cluster):
+    cluster.committed[("g", "events", 0)] = 500  # e.g. the topic was recreated
+    plans = _plan(cluster, start="committed", start_fallback="earliest")
+    assert plans[("events", 0)].start_offset == 0
+
+
+def test_explicit_stop_inside_a_compacted_gap(cluster):
+    cluster.topics["events"] = _log("events", 3, 20, gap_every=4)  # offsets 1, 2, 3, 5, 6, 7, 9…
+    log = cluster.topics["events"]
+    stop = {("events", 0): 8, ("events", 1): 1, ("events", 2): 0}
+    expected = [_record(m) for m in log[0] if m.offset() < 8]
+    _run(cluster, expected, start="earliest", stop=stop, batch_size=100)
