@@ -199,6 +199,7 @@ def test_regexes_accept_documented_examples_and_defaults(template):
                 continue
             for pattern in param.get("regexes", ()):
                 assert re.fullmatch(pattern, value), f"{param['name']}: {value!r} !~ {pattern!r}"
+                assert "(?P" not in pattern, "Dataflow checks regexes with Java: no (?P...)"
             option.check(option.type(value) if option.type in (int, float) else value)
 
 
