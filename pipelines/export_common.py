@@ -223,8 +223,12 @@ class ExportSource:
         )
         return source
 
-    def reader(self, read_args: Mapping[str, Any] | None = None) -> ReadFromKafka:
-        """The Kafka read: bounded by the end offsets at launch unless streaming."""
+    def reader(self, read_args: Mapping[str, Any] | None = None, **options: Any) -> ReadFromKafka:
+        """The Kafka read: bounded by the end offsets at launch unless streaming.
+
+        ``options`` are further ``ReadFromKafka`` arguments, e.g. ``max_process_s`` (the scorer
+        shortens bundles for latency).
+        """
         try:
             return ReadFromKafka(
                 self.kafka,
@@ -232,6 +236,7 @@ class ExportSource:
                 group_id=self.values.get("consumerGroupId"),
                 stop="unbounded" if self.streaming else "end_at_launch",
                 **(read_args if read_args is not None else _start(self.values)),
+                **options,
             )
         except ValueError as err:
             raise OptionError(f"invalid Kafka source options: {err}") from err
@@ -246,11 +251,15 @@ class ExportSource:
             max_message_bytes=self.values["maxMessageBytes"],
         )
 
-    def read_and_decode(self, p: beam.Pipeline, *, with_records: bool = False) -> ExportRows:
+    def read_and_decode(
+        self, p: beam.Pipeline, *, with_records: bool = False, **reader_options: Any
+    ) -> ExportRows:
         """Kafka → DecodeAndValidate → ``--filter``; ``with_records`` keeps
         ``(KafkaRecord, row)`` pairs."""
         decoder = self.decoder().with_records() if with_records else self.decoder()
-        decoded = p | "ReadFromKafka" >> self.reader() | "DecodeAndValidate" >> decoder
+        decoded = (
+            p | "ReadFromKafka" >> self.reader(**reader_options) | "DecodeAndValidate" >> decoder
+        )
         if self.row_filter is None:
             return ExportRows(decoded.rows, decoded.dead_letters)
         kept = decoded.rows | "Filter" >> Filter(_OnRow(self.row_filter)).with_dead_letters()
