@@ -34,6 +34,7 @@ __all__ = [
     "runtime_requirements",
     "pinned_requirements",
     "requirements_txt",
+    "lock_problems",
     "main_py",
     "dockerfile",
     "cloudbuild_yaml",
@@ -112,6 +113,55 @@ def requirements_txt() -> str:
         ),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _read_lock(text: str) -> dict[str, str]:
+    pins = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def lock_problems(text: str | None = None) -> list[str]:
+    """Why ``templates/requirements.txt`` (or ``text``) does not fit setup.py; empty if it does.
+
+    Checks that every ``RUNTIME`` requirement, and everything a locked package needs, is locked at
+    a version its requirement accepts. A package's own needs are known only where the installed
+    version equals the locked one, so a venv resolved later (CI on a clean clone) causes no false
+    alarm; a new or changed setup.py pin does.
+    """
+    pins = _read_lock(REQUIREMENTS_PATH.read_text(encoding="utf-8") if text is None else text)
+    problems = []
+    seen: dict[str, set[str]] = {}
+    queue = [(Requirement(text), "setup.py RUNTIME") for text in runtime_requirements()]
+    while queue:
+        requirement, wanted_by = queue.pop()
+        key = canonicalize_name(requirement.name)
+        if key == canonicalize_name(_PACKAGE):
+            continue
+        locked = pins.get(key)
+        if locked is None or not requirement.specifier.contains(locked, prereleases=True):
+            problems.append(f"{wanted_by} needs {requirement}, locked: {locked or 'missing'}")
+            continue
+        extras = set(requirement.extras)
+        if key in seen and extras <= seen[key]:
+            continue
+        seen.setdefault(key, set()).update(extras)
+        try:
+            dist = importlib.metadata.distribution(requirement.name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if dist.version != locked:
+            continue
+        queue.extend(
+            (child, f"{key}=={locked}")
+            for child in map(Requirement, dist.requires or ())
+            if _wanted(child, seen[key])
+        )
+    return sorted(set(problems))
 
 
 def _beam_version() -> str:

@@ -10,7 +10,7 @@ The same code renders the parameter tables in ``docs/templates.md`` and, through
 Usage::
 
     python -m pipelines.template_metadata --write   # regenerate every generated file
-    python -m pipelines.template_metadata --check   # exit 1 listing stale files (CI, tests)
+    python -m pipelines.template_metadata --check   # exit 1 listing stale files and lock problems
 """
 
 from __future__ import annotations
@@ -271,7 +271,11 @@ def render_doc(current: str, metadata_by_template: Mapping[Template, Mapping[str
 
 
 def generated_files() -> dict[Path, str]:
-    """Every generated file and its expected content."""
+    """Every file generated from the registry and the options, with its expected content.
+
+    ``templates/requirements.txt`` is not among them: it pins the venv it was written from, and
+    :func:`pipelines.template_image.lock_problems` checks it against setup.py instead.
+    """
     from pipelines import template_image
 
     files: dict[Path, str] = {}
@@ -282,7 +286,6 @@ def generated_files() -> dict[Path, str]:
         files[template.metadata_path] = render_metadata_json(metadata)
         files[template.directory / "main.py"] = template_image.main_py(template)
         files[template.directory / "Dockerfile"] = template_image.dockerfile(template)
-    files[template_image.REQUIREMENTS_PATH] = template_image.requirements_txt()
     files[template_image.CLOUDBUILD_PATH] = template_image.cloudbuild_yaml(TEMPLATES)
     files[DOC_PATH] = render_doc(DOC_PATH.read_text(encoding="utf-8"), metadata_by_template)
     return files
@@ -303,15 +306,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--write", action="store_true", help="regenerate the files")
     mode.add_argument("--check", action="store_true", help="exit 1 if a file is stale")
     args = parser.parse_args(argv)
+    from pipelines import template_image
+
     files = generated_files()
-    stale = stale_files(files)
     if args.check:
-        for path in stale:
-            sys.stderr.write(f"stale: {path.relative_to(REPO_ROOT)}\n")
-        if stale:
+        problems = [f"stale: {path.relative_to(REPO_ROOT)}" for path in stale_files(files)]
+        problems += [f"templates/requirements.txt: {p}" for p in template_image.lock_problems()]
+        for problem in problems:
+            sys.stderr.write(problem + "\n")
+        if problems:
             sys.stderr.write("run: python -m pipelines.template_metadata --write\n")
-        return 1 if stale else 0
-    for path in stale:
+        return 1 if problems else 0
+    files[template_image.REQUIREMENTS_PATH] = template_image.requirements_txt()
+    for path in stale_files(files):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(files[path], encoding="utf-8")
         _LOGGER.info("wrote %s", path.relative_to(REPO_ROOT))

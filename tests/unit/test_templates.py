@@ -12,8 +12,6 @@ import types
 import pytest
 import yaml
 from google.cloud.dataflow_v1beta3.types import ParameterType, TemplateMetadata
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 
 from pipelines import template_image
 from pipelines.options import KAFKA_SOURCE, Option
@@ -224,17 +222,21 @@ def test_dockerfile_follows_flex_template_launcher_conventions(template):
     assert callable(importlib.import_module(template.module).run)
 
 
-def test_requirements_pin_every_runtime_dependency_of_setup_py():
-    pins = {}
-    for line in template_image.REQUIREMENTS_PATH.read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            pins[canonicalize_name(name)] = version
-    for text in template_image.runtime_requirements():
-        requirement = Requirement(text)
-        version = pins[canonicalize_name(requirement.name)]
-        assert requirement.specifier.contains(version, prereleases=True), text
-    assert "tensorflow" in pins and "protobuf" in pins  # transitive ones are pinned too
+def test_requirements_lock_every_runtime_dependency_of_setup_py():
+    assert template_image.lock_problems() == [], (
+        "run: python -m pipelines.template_metadata --write"
+    )
+    pins = template_image.REQUIREMENTS_PATH.read_text()
+    assert "\ntensorflow==" in pins and "\nprotobuf==" in pins  # transitive ones are locked too
+
+
+def test_lock_problems_name_a_missing_or_unfit_pin():
+    text = template_image.REQUIREMENTS_PATH.read_text()
+    broken = re.sub(r"(?m)^confluent-kafka==.*$", "confluent-kafka==1.0.0", text)
+    broken = re.sub(r"(?m)^protobuf==.*\n", "", broken)
+    problems = template_image.lock_problems(broken)
+    assert any(p.startswith("setup.py RUNTIME needs confluent-kafka==") for p in problems)
+    assert any("needs protobuf" in p and p.endswith("locked: missing") for p in problems)
 
 
 def test_cloudbuild_builds_pushes_and_registers_every_template():
