@@ -16,6 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from transforms import write_to_kafka
 from transforms.kafka_config import KafkaConfig
 from transforms.kafka_record import KafkaRecord
 from transforms.write_to_kafka import KafkaWriteError, WriteToKafka
@@ -159,6 +160,7 @@ def test_unreachable_broker_fails_the_pipeline_quickly_with_a_clear_error():
 def test_runs_on_multiprocess_workers(kafka_config, topic_factory):
     """The transform pickles to separate worker processes, each with its own producer."""
     topic = topic_factory(partitions=2)
+    config = kafka_config.with_extra({"client.id": f"multiprocess-{topic}"})
     options = PipelineOptions(direct_running_mode="multi_processing", direct_num_workers=2)
     values = [f"m-{i}".encode() for i in range(400)]
     with beam.Pipeline(options=options) as p:
@@ -166,9 +168,11 @@ def test_runs_on_multiprocess_workers(kafka_config, topic_factory):
             p
             | beam.Create(values)
             | beam.Reshuffle()
-            | WriteToKafka(kafka_config, topic, key_fn=lambda v: v[-1:], value_fn=lambda v: v)
+            | WriteToKafka(config, topic, key_fn=lambda v: v[-1:], value_fn=lambda v: v)
         )
-    assert sorted(m.value() for m in _read_all(kafka_config, topic)) == sorted(values)
+    assert sorted(m.value() for m in _read_all(config, topic)) == sorted(values)
+    # Produced by the worker processes, not by this one.
+    assert not [key for key in write_to_kafka._PRODUCERS if key[0] == config]
 
 
 @pytest.mark.parametrize("source", ["env", "file"])
