@@ -36,6 +36,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from transforms.kafka_config import KafkaConfig
 from transforms.kafka_partition_plan import (
     PartitionPlan,
     normalize_start,
@@ -166,7 +167,7 @@ class _ReaderSettings:
 
     def __init__(
         self,
-        config,
+        config: KafkaConfig,
         group_id: str | None,
         consumer_factory: ConsumerFactory | None,
         timeout_s: float,
@@ -180,6 +181,7 @@ class _ReaderSettings:
         settings = self.config.consumer_dict()
         settings.update(_READER_SETTINGS)
         settings["group.id"] = self.group_id or settings.get("group.id") or _NO_GROUP
+        settings["logger"] = _LOGGER  # librdkafka's own messages through Python logging
         return (self.consumer_factory or Consumer)(settings)
 
 
@@ -380,7 +382,7 @@ class ReadFromKafka(beam.PTransform):
 
     def __init__(
         self,
-        config,
+        config: KafkaConfig,
         topics: str | Sequence[str],
         *,
         group_id: str | None = None,
