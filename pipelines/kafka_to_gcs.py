@@ -154,7 +154,6 @@ def build_pipeline(
         _ = decoded.rows | "AnalyzeTransform" >> AnalyzeAndWriteTransform(
             source.schema,
             transform_dir,
-            temp_dir=FileSystems.join(directory, "tmp-transform"),
             label=values.get("labelField"),
         )
     written = decoded.rows | "WriteTFRecords" >> WriteTFRecords(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import apache_beam as beam
@@ -10,6 +12,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from export_events import committed_total, creditcard_event, invalid_messages, produce
+from google.api_core.exceptions import NotFound
 
 from pipelines import kafka_to_bigquery
 from pipelines.options import OptionError
@@ -140,3 +143,44 @@ def test_unreachable_bigquery_or_missing_dataset_fail_at_launch_naming_the_flag(
             )
         )
     assert time.monotonic() - started < 45
+
+
+def test_streaming_export_inserts_rows_while_running_and_commits_after_them(
+    stack_env, kafka_config, topic_factory, group_id, bq_client, bq_dataset, gcp_endpoints, tmp_path
+):
+    topic = topic_factory(partitions=2)
+    project = stack_env["GOOGLE_CLOUD_PROJECT"]
+    table = f"{project}.{bq_dataset}.transactions"
+    argv = pipeline_argv(stack_env, topic, group_id, bq_dataset, "--streaming")
+    log = tmp_path / "pipeline.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.kafka_to_bigquery", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+    try:
+        valid = [creditcard_event(i) for i in range(6)]
+        produce(kafka_config, topic, [json.dumps(r).encode() for r in valid])
+        deadline = time.monotonic() + 90
+        rows: list[dict] = []
+        while time.monotonic() < deadline and len(rows) < len(valid):
+            assert process.poll() is None, log.read_text(errors="replace")[-2000:]
+            try:
+                rows = table_rows(bq_client, gcp_endpoints, table)
+            except NotFound:  # the sink creates the table with the first rows
+                rows = []
+            time.sleep(0.5)
+        assert sorted(rows, key=lambda r: r["event_id"]) == valid
+        while time.monotonic() < deadline:
+            if committed_total(kafka_config, topic, group_id, 2) == len(valid):
+                break
+            time.sleep(0.5)
+        assert committed_total(kafka_config, topic, group_id, 2) == len(valid)
+        assert process.poll() is None  # still streaming
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
