@@ -180,9 +180,10 @@ def main_py(template: Template) -> str:
     A streaming template adds ``--streaming`` so the Dataflow job is the streaming job its
     metadata announces (the export pipelines are batch unless told otherwise).
     """
+    header = f'"""Flex Template entry point of templates/{template.name}/.\n\n{template.title}.'
     if not template.streaming:
         return (
-            f'"""Flex Template entry point for {template.title}.\n\n{_GENERATED}\n"""\n'
+            f'{header}\n{_GENERATED}\n"""\n'
             "\n"
             f"from {template.module} import run\n"
             "\n"
@@ -190,7 +191,7 @@ def main_py(template: Template) -> str:
             "    run()\n"
         )
     return (
-        f'"""Flex Template entry point for {template.title} (streaming).\n\n{_GENERATED}\n"""\n'
+        f'{header} Always a streaming job.\n{_GENERATED}\n"""\n'
         "\n"
         "import sys\n"
         "\n"

@@ -126,6 +126,30 @@ TEMPLATES: tuple[Template, ...] = (
         streaming=False,
     ),
     Template(
+        name="kafka_to_bigquery_streaming",
+        module="pipelines.kafka_to_bigquery",
+        title="Kafka to BigQuery (streaming)",
+        description=(
+            "Continuously reads a Kafka topic, decodes and validates each message against a row "
+            "schema and streams the rows into a BigQuery table with insertAll (insert ids are "
+            "the Kafka coordinates, so a replay dedupes). Rejected messages go to a dead-letter "
+            "table; offsets are committed to the consumer group after the rows were inserted. "
+            "writeMethod FILE_LOADS is batch-only and refused here."
+        ),
+        streaming=True,
+    ),
+    Template(
+        name="kafka_to_gcs_streaming",
+        module="pipelines.kafka_to_gcs",
+        title="Kafka to Cloud Storage TFRecords (streaming)",
+        description=(
+            "Continuously reads a Kafka topic, decodes and validates each message against a row "
+            "schema and writes windowed tf.Example TFRecord shards to a Cloud Storage directory "
+            "every windowSeconds. Rejected messages are written as JSON dead letters beside them."
+        ),
+        streaming=True,
+    ),
+    Template(
         name="score_events",
         module="pipelines.score_events",
         title="Live anomaly scoring, Kafka to Kafka",

@@ -145,6 +145,13 @@ def test_committed_generated_files_are_up_to_date():
     assert stale == [], "stale; run: python -m pipelines.template_metadata --write"
 
 
+def test_generated_python_fits_the_line_length():
+    for path in generated_files():
+        if path.suffix == ".py":
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                assert len(line) <= 100, f"{path}:{number}"
+
+
 def test_every_template_folder_is_registered():
     folders = {p.parent.name for p in TEMPLATES_DIR.glob("*/metadata.json")}
     assert folders == {t.name for t in TEMPLATES}
