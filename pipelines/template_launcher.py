@@ -42,7 +42,6 @@ __all__ = [
     "pipeline_argv",
     "Launch",
     "prepare",
-    "launch",
     "EXIT_BAD_PARAMETERS",
     "main",
 ]
@@ -174,17 +173,6 @@ def prepare(
         streaming = bool(metadata.get("streaming", False))
     argv = pipeline_argv(parameters, streaming=streaming, pipeline_args=pipeline_args)
     return Launch(name, template.module, tuple(argv), streaming)
-
-
-def launch(
-    name: str,
-    parameters: Mapping[str, str],
-    *,
-    streaming: bool | None = None,
-    pipeline_args: Sequence[str] = (),
-) -> Any:
-    """Validate, then run template ``name``'s pipeline; return ``run()``'s result."""
-    return prepare(name, parameters, streaming=streaming, pipeline_args=pipeline_args).run()
 
 
 @dataclasses.dataclass(frozen=True)
