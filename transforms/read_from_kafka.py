@@ -373,6 +373,11 @@ class ReadFromKafka(beam.PTransform):
         idle_watermark_lag_s: a caught-up partition moves its watermark to now minus this.
         timeout_s: bound on each broker call at launch; unreachable brokers or unknown topics
             fail the pipeline within about this time instead of hanging.
+        batch_size: messages per ``consume()`` call (one ``try_claim`` per batch).
+        poll_timeout_s: how long one poll waits for data; an empty poll checkpoints.
+        max_process_s: a busy partition checkpoints after this long, which bounds the bundle
+            (and so the time until its offsets are committed, and, on the local runner that
+            processes partitions one after another, the latency of the other partitions).
         consumer_factory: builds a consumer from a librdkafka dict (tests pass a fake).
 
     Returns:
@@ -396,7 +401,7 @@ class ReadFromKafka(beam.PTransform):
         timeout_s: float = 20.0,
         batch_size: int = 1000,
         poll_timeout_s: float = 0.1,
-        max_process_s: float = 1.0,
+        max_process_s: float = 0.5,
         consumer_factory: ConsumerFactory | None = None,
     ) -> None:
         super().__init__()
