@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import operator
+import posixpath
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -32,6 +33,8 @@ import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
 
 from transforms.model_store import (
+    MODEL_INFO_FILE,
+    SAVED_MODEL_FILE,
     ModelInfo,
     ModelStoreError,
     ModelVersion,
@@ -194,9 +197,16 @@ class SavedModelHandler(ModelHandler[Row, PredictionResult, LiveModel]):
         return LiveModel(loaded, poller)
 
     def update_model_path(self, model_path: str | None = None) -> None:
-        """Side-input model refresh (``RunInference(model_metadata_pcoll=...)``)."""
-        if model_path:
-            self._model_path = model_path
+        """Side-input model refresh (``RunInference(model_metadata_pcoll=...)``).
+
+        Takes a version directory, or a file in one (``WatchFilePattern`` reports files, e.g.
+        ``modelPath/*/model_info.json``).
+        """
+        if not model_path:
+            return
+        if posixpath.basename(model_path) in (MODEL_INFO_FILE, SAVED_MODEL_FILE):
+            model_path = posixpath.dirname(model_path)
+        self._model_path = model_path
 
     def run_inference(
         self,

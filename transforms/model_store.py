@@ -45,12 +45,13 @@ __all__ = [
     "read_model_info",
     "version_of",
     "MODEL_INFO_FILE",
+    "SAVED_MODEL_FILE",
 ]
 
 _LOGGER = logging.getLogger(__name__)
 
 MODEL_INFO_FILE = "model_info.json"
-_SAVED_MODEL_FILE = "saved_model.pb"
+SAVED_MODEL_FILE = "saved_model.pb"
 
 
 class ModelStoreError(RuntimeError):
@@ -117,7 +118,7 @@ def _versions_with(root: str, file_name: str) -> dict[int, str]:
 def list_versions(root: str) -> list[ModelVersion]:
     """Complete versions under ``root``, oldest first (empty when there are none)."""
     with_info = _versions_with(root, MODEL_INFO_FILE)
-    with_graph = _versions_with(root, _SAVED_MODEL_FILE)
+    with_graph = _versions_with(root, SAVED_MODEL_FILE)
     return sorted(ModelVersion(v, with_info[v]) for v in with_info.keys() & with_graph.keys())
 
 
@@ -126,7 +127,7 @@ def latest_version(root: str) -> ModelVersion:
     versions = list_versions(root)
     if not versions:
         raise ModelStoreError(
-            f"no complete model version under {root!r}: expected <int>/{_SAVED_MODEL_FILE} "
+            f"no complete model version under {root!r}: expected <int>/{SAVED_MODEL_FILE} "
             f"and <int>/{MODEL_INFO_FILE}"
         )
     return versions[-1]

@@ -176,6 +176,8 @@ def test_a_version_directory_pins_the_model(tmp_path) -> None:
     handler = SavedModelHandler(root)
     handler.update_model_path(pinned)
     assert handler.load_model().current().version == 1
+    handler.update_model_path(os.path.join(root, "2", "model_info.json"))  # WatchFilePattern
+    assert handler.load_model().current().version == 2
     assert SavedModelHandler(root).load_model().current().version == 2
 
 
