@@ -4,15 +4,16 @@ The parameters are checked against the template's committed ``metadata.json`` â€
 itself checks â€” so a parameter set that passes here passes there: a missing required parameter,
 an unknown name or a regex mismatch fails with ONE error that lists every offending parameter
 with its help text (exit code 2). Then the pipeline's ``run()`` gets ``--name=value`` flags, as
-the Dataflow launcher passes them, plus ``--runner=DirectRunner`` and ``--streaming`` when the
-template is a streaming one. Endpoints come from the environment (``eval "$(scripts/stack.sh
-env)"`` for the local stack).
+the Dataflow launcher passes them, plus ``--runner=FnApiRunner`` (the DirectRunner's local engine,
+see :data:`LOCAL_RUNNER`) and ``--streaming`` when the template is a streaming one. Endpoints
+come from the environment (``eval "$(scripts/stack.sh env)"`` for the local stack).
 
 Usage::
 
     python -m pipelines.template_launcher list
     python -m pipelines.template_launcher run kafka_to_bigquery \\
         --parameters bootstrapServers=127.0.0.1:9092,inputTopic=transactions \\
+        --parameters schemaPath=transforms/schemas/creditcard.json,startOffset=earliest \\
         --parameters outputTableSpec=kafka-beam-ml-local:fraud.transactions \\
         [--streaming | --no-streaming] [-- --direct_num_workers=2 ...]
 
@@ -43,6 +44,7 @@ __all__ = [
     "Launch",
     "prepare",
     "EXIT_BAD_PARAMETERS",
+    "LOCAL_RUNNER",
     "main",
 ]
 
@@ -50,6 +52,10 @@ _LOGGER = logging.getLogger(__name__)
 
 #: Exit status for a parameter set the template refuses (argparse's usage-error code).
 EXIT_BAD_PARAMETERS = 2
+
+#: The DirectRunner's in-process engine, named directly: the DirectRunner itself first tries to
+#: download the Prism runner (a run-time download; offline it fails and falls back to this).
+LOCAL_RUNNER = "FnApiRunner"
 
 
 class ParameterError(ValueError):
@@ -128,7 +134,7 @@ def pipeline_argv(
     """The flags the pipeline's ``run()`` gets, as the Dataflow launcher would pass them."""
     argv = [f"--{name}={value}" for name, value in parameters.items()]
     if not any(arg == "--runner" or arg.startswith("--runner=") for arg in pipeline_args):
-        argv.append("--runner=DirectRunner")
+        argv.append(f"--runner={LOCAL_RUNNER}")
     if streaming:
         argv.append("--streaming")
     argv.extend(pipeline_args)
@@ -189,7 +195,7 @@ def _parse(argv: Sequence[str]) -> _Command:
         argv, pipeline_args = argv[:split], argv[split + 1 :]
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.template_launcher",
-        description="Run a Flex Template locally on the DirectRunner.",
+        description="Run a Flex Template locally (FnApiRunner, the DirectRunner's engine).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="list the templates")

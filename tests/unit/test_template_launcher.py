@@ -165,14 +165,14 @@ def test_regexes_must_match_the_whole_value():
 # --- argv and prepare ------------------------------------------------------------------------
 
 
-def test_pipeline_argv_adds_direct_runner_and_streaming():
+def test_pipeline_argv_adds_the_local_runner_and_streaming():
     argv = pipeline_argv({"a": "1", "b": "x,y"}, streaming=True)
-    assert argv == ["--a=1", "--b=x,y", "--runner=DirectRunner", "--streaming"]
+    assert argv == ["--a=1", "--b=x,y", "--runner=FnApiRunner", "--streaming"]
 
 
 def test_pipeline_argv_keeps_a_runner_given_after_double_dash():
-    argv = pipeline_argv({"a": "1"}, streaming=False, pipeline_args=["--runner=FnApiRunner"])
-    assert argv == ["--a=1", "--runner=FnApiRunner"]
+    argv = pipeline_argv({"a": "1"}, streaming=False, pipeline_args=["--runner=DirectRunner"])
+    assert argv == ["--a=1", "--runner=DirectRunner"]
 
 
 def test_prepare_follows_metadata_streaming_unless_overridden(fake_template):
@@ -212,7 +212,7 @@ def test_cli_runs_the_pipeline_with_the_parameters(fake_template):
             "--inputTopic=t",
             "--outputTableSpec=p:d.t",
             "--maxRecords=5",
-            "--runner=DirectRunner",
+            "--runner=FnApiRunner",
             "--direct_num_workers=2",
         ]
     ]
