@@ -638,3 +638,12 @@ def test_explicit_stop_inside_a_compacted_gap(cluster):
     stop = {("events", 0): 8, ("events", 1): 1, ("events", 2): 0}
     expected = [_record(m) for m in log[0] if m.offset() < 8]
     _run(cluster, expected, start="earliest", stop=stop, batch_size=100)
+
+
+def test_output_is_unbounded_only_without_a_stop():
+    p = beam.Pipeline()
+    stream = p | "Stream" >> ReadFromKafka(CONFIG, "t", start="earliest")
+    backfill = p | "Backfill" >> ReadFromKafka(CONFIG, "t", start="earliest", stop="end_at_launch")
+    capped = p | "Capped" >> ReadFromKafka(CONFIG, "t", start="earliest", max_records=5)
+    assert (stream.is_bounded, backfill.is_bounded, capped.is_bounded) == (False, True, True)
+    assert stream.element_type is KafkaRecord
