@@ -1,0 +1,162 @@
+"""Benchmark the export pipelines against a raw confluent-kafka consume loop, in the same run.
+
+Produces ``--events`` credit-card JSON events to a fresh topic on the local broker, then times
+(wall clock, ``--repeats`` runs each, median reported):
+
+* ``raw consume``: confluent-kafka ``consume()`` of every message, nothing else (the baseline);
+* ``kafka_to_gcs``: ``pipelines.kafka_to_gcs.run`` — read → decode/validate → ``--filter`` →
+  tf.Example TFRecord shards in a local directory (DirectRunner, this process);
+* ``kafka_to_bigquery``: ``pipelines.kafka_to_bigquery.run`` — the same source → streaming
+  inserts into the BigQuery emulator (``--bq-events`` of them: the emulator is the bottleneck).
+
+Pipeline times include pipeline start-up. Needs the local stack (``scripts/stack.sh up``)::
+
+    .venv/bin/python bench/bench_export.py --events 200000 --bq-events 50000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+
+import tensorflow  # noqa: F401 - imported up front so no timed run pays TF's import (5-20 s)
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from pipelines import kafka_to_bigquery, kafka_to_gcs
+from transforms.gcp_endpoints import GcpEndpoints
+from transforms.kafka_config import LOCAL_BROKER_SETTINGS, KafkaConfig
+from transforms.schema import bundled_schema_path
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def _event(i: int) -> bytes:
+    row = {"event_id": f"evt-{i:08d}", "card_id": f"card-{i % 1000}", "Time": float(i)}
+    row.update({f"V{k}": ((i * 7919 + k * 104729) % 20000) / 10000.0 - 1.0 for k in range(1, 29)})
+    row.update({"Amount": (i * 31 % 50000) / 100.0, "Class": int(i % 577 == 0)})
+    return json.dumps(row).encode()
+
+
+def _produce(config: KafkaConfig, events: int, partitions: int) -> str:
+    topic = f"bench-export-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient(config.producer_dict())
+    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(timeout=30)
+    producer = Producer({**config.producer_dict(), "linger.ms": "20"})
+    started = time.perf_counter()
+    for i in range(events):
+        while True:
+            try:
+                producer.produce(topic, _event(i), key=f"card-{i % 1000}".encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(120)
+    print(f"produced {events} events to {topic} in {time.perf_counter() - started:.1f}s")
+    return topic
+
+
+def _raw_consume(config: KafkaConfig, topic: str, events: int, partitions: int) -> None:
+    consumer = Consumer(config.consumer_dict(f"bench-{uuid.uuid4().hex[:8]}"))
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    seen = 0
+    while seen < events:
+        seen += sum(1 for m in consumer.consume(1000, 1.0) if m.error() is None)
+    consumer.close()
+
+
+def _timed(name: str, repeats: int, rows: int, action: Callable[[], None]) -> float:
+    """Median rows/s over ``repeats`` runs of ``action``."""
+    rates = []
+    for attempt in range(repeats):
+        started = time.perf_counter()
+        action()
+        seconds = time.perf_counter() - started
+        rates.append(rows / seconds)
+        print(f"  {name} run {attempt + 1}: {seconds:.2f}s = {rows / seconds:,.0f} rows/s")
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--bq-events", type=int, default=50_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--bootstrap", default="127.0.0.1:9092")
+    parser.add_argument("--bigquery-endpoint", default="http://127.0.0.1:9050")
+    parser.add_argument("--project", default="kafka-beam-ml-local")
+    parser.add_argument("--settle", type=float, default=10.0, help="s for the broker to go idle")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    config = KafkaConfig(bootstrap_servers=args.bootstrap).with_extra(LOCAL_BROKER_SETTINGS)
+    extra = ";".join(f"{k}={v}" for k, v in LOCAL_BROKER_SETTINGS.items())
+    source = [
+        f"--bootstrapServers={args.bootstrap}",
+        f"--kafkaConfig={extra}",
+        "--startOffset=earliest",
+        f"--schemaPath={bundled_schema_path('creditcard')}",
+        "--filter=Amount >= 0",
+        f"--project={args.project}",
+    ]
+    endpoints = GcpEndpoints(project=args.project, bigquery_endpoint=args.bigquery_endpoint)
+    bq = endpoints.bigquery_client()
+
+    topic = _produce(config, args.events, args.partitions)
+    bq_topic = _produce(config, args.bq_events, args.partitions)
+    time.sleep(args.settle)  # noida-db snapshots its state a few seconds after writes
+
+    def to_gcs() -> None:
+        with tempfile.TemporaryDirectory(prefix="bench-export-") as out:
+            kafka_to_gcs.run([*source, f"--inputTopic={topic}", f"--outputDirectory={out}"])
+
+    def to_bigquery() -> None:
+        dataset = f"bench_{uuid.uuid4().hex[:8]}"
+        bq.create_dataset(dataset, retry=endpoints.bigquery_retry)
+        try:
+            kafka_to_bigquery.run(
+                [
+                    *source,
+                    f"--inputTopic={bq_topic}",
+                    f"--outputTableSpec={args.project}:{dataset}.events",
+                    f"--bigqueryEndpoint={args.bigquery_endpoint}",
+                ]
+            )
+        finally:
+            bq.delete_dataset(dataset, delete_contents=True, retry=endpoints.bigquery_retry)
+
+    print(f"medians of {args.repeats} runs:")
+    base = _timed(
+        "raw consume",
+        args.repeats,
+        args.events,
+        lambda: _raw_consume(config, topic, args.events, args.partitions),
+    )
+    base_bq = _timed(
+        "raw consume (bq topic)",
+        args.repeats,
+        args.bq_events,
+        lambda: _raw_consume(config, bq_topic, args.bq_events, args.partitions),
+    )
+    gcs = _timed("kafka_to_gcs", args.repeats, args.events, to_gcs)
+    bigquery = _timed("kafka_to_bigquery", args.repeats, args.bq_events, to_bigquery)
+    print()
+    print(f"{'path':<28}{'rows':>9}{'rows/s':>12}{'vs raw consume':>16}")
+    print(f"{'raw consume (baseline)':<28}{args.events:>9}{base:>12,.0f}{1.0:>15.3f}x")
+    print(f"{'raw consume, bq topic':<28}{args.bq_events:>9}{base_bq:>12,.0f}{1.0:>15.3f}x")
+    print(f"{'kafka_to_gcs (TFRecord)':<28}{args.events:>9}{gcs:>12,.0f}{gcs / base:>15.3f}x")
+    print(
+        f"{'kafka_to_bigquery (emul.)':<28}{args.bq_events:>9}{bigquery:>12,.0f}"
+        f"{bigquery / base_bq:>15.3f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
