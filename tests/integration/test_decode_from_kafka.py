@@ -12,10 +12,11 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from confluent_kafka import Producer
+from local_schema_registry import LocalSchemaRegistry
 
 from transforms.decode import DecodeAndValidate
 from transforms.read_from_kafka import ReadFromKafka
-from transforms.schema import bundled_schema
+from transforms.schema import bundled_schema, bundled_schema_path
 
 pytestmark = pytest.mark.integration
 
@@ -123,3 +124,51 @@ def test_avro_topic_with_the_bundled_writer_schema(kafka_config, topic_factory):
             equal_to([(3, "InvalidAvro")]),
             label="DeadLetters",
         )
+
+
+def test_confluent_wire_format_topic_through_a_registry(kafka_config, topic_factory):
+    """Produced by confluent-kafka's AvroSerializer (auto-registering); decoded via the registry."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    topic = topic_factory(partitions=1)
+    with LocalSchemaRegistry() as registry:
+        serializer = AvroSerializer(
+            SchemaRegistryClient({"url": registry.url}),
+            open(bundled_schema_path("car_sensor", "avsc")).read(),
+        )
+        context = SerializationContext(topic, MessageField.VALUE)
+        values = [
+            serializer(
+                {
+                    **expected_row(i),
+                    "event_time": datetime.datetime(2026, 11, 22, 1, 2, i, tzinfo=datetime.UTC),
+                },
+                context,
+            )
+            for i in range(3)
+        ]
+        unknown_id = b"\x00\x00\x00\x00\x63" + values[0][5:]  # schema id 99
+        produce(kafka_config, topic, values + [unknown_id, b"plain text"])
+
+        with TestPipeline() as p:
+            decoded = (
+                p
+                | ReadFromKafka(
+                    kafka_config,
+                    topic,
+                    start="earliest",
+                    stop="end_at_launch",
+                    commit_offsets=False,
+                )
+                | DecodeAndValidate(
+                    CAR, "AVRO_CONFLUENT_WIRE_FORMAT", schema_registry_url=registry.url
+                )
+            )
+            assert_that(decoded.rows, equal_to([expected_row(i) for i in range(3)]), label="Rows")
+            assert_that(
+                decoded.dead_letters | beam.Map(lambda d: (d.offset, d.error_type)),
+                equal_to([(3, "UnknownSchemaId"), (4, "BadWireFormat")]),
+                label="DeadLetters",
+            )

@@ -7,8 +7,6 @@ import datetime
 import io
 import json
 import struct
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import apache_beam as beam
 import fastavro
@@ -16,6 +14,7 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from local_schema_registry import FAILING_ID, LocalSchemaRegistry
 
 from transforms.avro_decoding import AvroDecoder, ConfluentAvroDecoder
 from transforms.dead_letter import DEAD_LETTER_TAG
@@ -23,7 +22,7 @@ from transforms.decode import METRICS_NAMESPACE, DecodeAndValidate, _DecodeFn
 from transforms.kafka_record import KafkaRecord
 from transforms.rejection import Reason, Rejected
 from transforms.row_validation import RowValidator
-from transforms.schema import RowSchema, bundled_schema
+from transforms.schema import RowSchema, bundled_schema, bundled_schema_path
 
 CAR = bundled_schema("car_sensor")
 GOOD = {
@@ -252,7 +251,7 @@ def test_avro_with_the_schema_derived_writer_schema():
 
 
 def test_avro_with_an_explicit_writer_schema_and_nan():
-    writer = json.loads(open("transforms/schemas/car_sensor.avsc").read())
+    writer = json.loads(open(bundled_schema_path("car_sensor", "avsc")).read())
     fn = json_fn(message_format="AVRO", avro_schema=writer)
     (out,) = run_fn(fn, record(avro_bytes(writer, {**AVRO_GOOD, "speed_kmh": float("nan")})))
     assert (out.value.stage, out.value.error_type) == ("validate", Reason.NON_FINITE)
@@ -272,52 +271,17 @@ def test_corrupt_avro_is_a_dead_letter(payload):
     assert out.value.payload == payload
 
 
-# -- Confluent wire format against an in-process registry ------------------------------------
+# -- Confluent wire format against a real HTTP registry on 127.0.0.1 ---------------------------
 
-
-class _Registry(BaseHTTPRequestHandler):
-    """Answers GET /schemas/ids/{id} like the Confluent schema registry."""
-
-    schemas: dict[int, dict] = {}
-    requests: list[str] = []
-
-    def do_GET(self):  # noqa: N802 - http.server's hook name
-        type(self).requests.append(self.path)
-        parts = self.path.split("?")[0].strip("/").split("/")
-        schema_id = int(parts[2]) if parts[:2] == ["schemas", "ids"] else -1
-        if schema_id == 500:
-            self._send(500, {"error_code": 50001, "message": "backend down"})
-        elif schema_id in self.schemas:
-            self._send(200, self.schemas[schema_id])
-        else:
-            self._send(404, {"error_code": 40403, "message": f"Schema {schema_id} not found"})
-
-    def _send(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):  # keep test output quiet
-        pass
+CAR_ID, PROTO_ID = 1, 2  # the ids the fixture's registrations get
 
 
 @pytest.fixture
 def registry():
-    _Registry.schemas = {
-        7: {"schema": json.dumps(CAR.to_avro())},
-        8: {"schemaType": "PROTOBUF", "schema": 'syntax = "proto3";'},
-    }
-    _Registry.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Registry)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with LocalSchemaRegistry() as server:
+        assert server.register(CAR.to_avro()) == CAR_ID
+        assert server.register('syntax = "proto3";', "PROTOBUF") == PROTO_ID
+        yield server
 
 
 def framed(schema_id: int, obj: dict) -> bytes:
@@ -334,43 +298,43 @@ def registry_fn(url: str, **kwargs) -> _DecodeFn:
 
 
 def test_confluent_wire_format_fetches_each_schema_id_once(registry):
-    fn = registry_fn(registry)
+    fn = registry_fn(registry.url)
     fn.setup()
     for offset in range(3):
-        assert list(fn.process(record(framed(7, AVRO_GOOD), offset))) == [GOOD_ROW]
-    assert _Registry.requests == ["/schemas/ids/7"]
+        assert list(fn.process(record(framed(CAR_ID, AVRO_GOOD), offset))) == [GOOD_ROW]
+    assert registry.requests == [f"/schemas/ids/{CAR_ID}"]
 
 
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
         pytest.param(framed(99, AVRO_GOOD), Reason.UNKNOWN_SCHEMA_ID, id="unknown-id"),
-        pytest.param(framed(8, AVRO_GOOD), Reason.UNSUPPORTED_SCHEMA, id="protobuf-id"),
+        pytest.param(framed(PROTO_ID, AVRO_GOOD), Reason.UNSUPPORTED_SCHEMA, id="protobuf-id"),
         pytest.param(b"\x00\x00\x00", Reason.BAD_WIRE_FORMAT, id="short"),
-        pytest.param(b"\x01" + framed(7, AVRO_GOOD)[1:], Reason.BAD_WIRE_FORMAT, id="magic"),
-        pytest.param(framed(7, AVRO_GOOD)[:12], Reason.INVALID_AVRO, id="truncated-body"),
+        pytest.param(b"\x01" + framed(CAR_ID, AVRO_GOOD)[1:], Reason.BAD_WIRE_FORMAT, id="magic"),
+        pytest.param(framed(CAR_ID, AVRO_GOOD)[:12], Reason.INVALID_AVRO, id="truncated-body"),
     ],
 )
 def test_confluent_wire_format_failures_are_dead_letters(registry, payload, reason):
-    (out,) = run_fn(registry_fn(registry), record(payload))
+    (out,) = run_fn(registry_fn(registry.url), record(payload))
     assert (out.tag, out.value.stage, out.value.error_type) == (DEAD_LETTER_TAG, "decode", reason)
     assert out.value.payload == payload
 
 
 def test_unknown_schema_id_is_remembered_not_refetched(registry):
-    decoder = ConfluentAvroDecoder(registry, registry_config={"max.retries": 0})
+    decoder = ConfluentAvroDecoder(registry.url, registry_config={"max.retries": 0})
     for _ in range(3):
         with pytest.raises(Rejected, match="schema id 99 not found"):
             decoder(framed(99, AVRO_GOOD))
-    assert _Registry.requests == ["/schemas/ids/99"]
+    assert registry.requests == ["/schemas/ids/99"]
 
 
 def test_registry_errors_that_are_not_the_messages_fault_raise_for_retry(registry):
     from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-    decoder = ConfluentAvroDecoder(registry, registry_config={"max.retries": 0})
+    decoder = ConfluentAvroDecoder(registry.url, registry_config={"max.retries": 0})
     with pytest.raises(SchemaRegistryError):
-        decoder(framed(500, AVRO_GOOD))
+        decoder(framed(FAILING_ID, AVRO_GOOD))
 
 
 def test_confluent_reader_schema_resolves_an_older_writer(registry):
@@ -379,11 +343,27 @@ def test_confluent_reader_schema_resolves_an_older_writer(registry):
         "name": "Row",
         "fields": [{"name": "event_id", "type": "string"}, {"name": "speed", "type": "float"}],
     }
-    _Registry.schemas[3] = {"schema": json.dumps(old)}
+    old_id = registry.register(old)
     reader = {**old, "fields": [*old["fields"], {"name": "note", "type": "string", "default": ""}]}
-    decoder = ConfluentAvroDecoder(registry, reader_schema=reader)
-    payload = struct.pack(">bI", 0, 3) + avro_bytes(old, {"event_id": "e", "speed": 1.5})
+    decoder = ConfluentAvroDecoder(registry.url, reader_schema=reader)
+    payload = struct.pack(">bI", 0, old_id) + avro_bytes(old, {"event_id": "e", "speed": 1.5})
     assert decoder(payload) == {"event_id": "e", "speed": 1.5, "note": ""}
+
+
+def test_interoperates_with_confluent_kafkas_own_avro_serializer(registry):
+    """Bytes framed by confluent-kafka's AvroSerializer (auto-registering) decode to rows."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    client = SchemaRegistryClient({"url": registry.url})
+    avsc = open(bundled_schema_path("car_sensor", "avsc")).read()
+    serializer = AvroSerializer(client, avsc)
+    payload = serializer(AVRO_GOOD, SerializationContext("cars", MessageField.VALUE))
+    assert payload[0] == 0 and any(
+        p.startswith("/subjects/cars-value/versions") for p in registry.requests
+    )
+    assert run_fn(registry_fn(registry.url), record(payload)) == [GOOD_ROW]
 
 
 def test_avro_decoder_is_usable_on_its_own():
