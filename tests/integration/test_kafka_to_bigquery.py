@@ -184,3 +184,22 @@ def test_streaming_export_inserts_rows_while_running_and_commits_after_them(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def test_a_replay_dedupes_on_kafka_coordinate_insert_ids(
+    stack_env, kafka_config, topic_factory, bq_client, bq_dataset, gcp_endpoints
+):
+    topic = topic_factory(partitions=2)
+    valid = [creditcard_event(i) for i in range(8)]
+    produce(kafka_config, topic, [json.dumps(r).encode() for r in valid])
+    # No consumer group: each run reads the topic from the start, as a crash-replay would.
+    argv = [
+        a
+        for a in pipeline_argv(stack_env, topic, "unused", bq_dataset)
+        if not a.startswith("--consumerGroupId")
+    ]
+    kafka_to_bigquery.run(argv)
+    kafka_to_bigquery.run(argv)
+    project = stack_env["GOOGLE_CLOUD_PROJECT"]
+    rows = table_rows(bq_client, gcp_endpoints, f"{project}.{bq_dataset}.transactions")
+    assert sorted(rows, key=lambda r: r["event_id"]) == valid
