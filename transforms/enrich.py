@@ -211,8 +211,17 @@ def _key_of(row: Mapping[str, Any], key: tuple[str, ...]) -> Any:
     return row.get(key[0]) if len(key) == 1 else tuple(row.get(k) for k in key)
 
 
-def _load_table(_: Any, source: ReferenceSource, key: tuple[str, ...]) -> ReferenceTable:
-    return ReferenceTable.build(source.load(), key, time.time())
+def _load_table(
+    _: Any, source: ReferenceSource, key: tuple[str, ...], wanted: tuple[str, ...]
+) -> ReferenceTable:
+    """Load and index the reference; a requested column it lacks is an error (likely a typo)."""
+    table = ReferenceTable.build(source.load(), key, time.time())
+    missing = [c for c in wanted if c not in table.columns and c not in key]
+    if table.index and missing:
+        raise ValueError(
+            f"reference has no column {missing}; its columns: {', '.join(key + table.columns)}"
+        )
+    return table
 
 
 class _EnrichOp(RowOp):
@@ -313,13 +322,15 @@ class EnrichWithSideInput(RowStage):
         else:
             spec = tuple((f, f) for f in _names(fields, "fields"))
         super().__init__(_EnrichOp(row_key, spec, how == "inner"), label)
+        self._fields = spec
         self._reference = reference
         self._reference_key = ref_key
         self._refresh_interval_s = refresh_interval_s
         self._refresh_stop_after_s = refresh_stop_after_s
 
     def expand(self, rows: beam.PCollection):
-        load = beam.Map(_load_table, source=self._reference, key=self._reference_key)
+        wanted = tuple(column for _, column in self._fields or ())
+        load = beam.Map(_load_table, source=self._reference, key=self._reference_key, wanted=wanted)
         if self._refresh_interval_s is None:
             tables = rows.pipeline | "Once" >> beam.Impulse() | "LoadReference" >> load
         else:

@@ -236,3 +236,16 @@ def test_refresh_reloads_the_reference_and_rows_see_the_latest(tmp_path):
         loads = 5  # one per 0.2 s tick in [now, now + 1 s)
         assert_that(out, equal_to([{"car_id": "car-1", "version": loads}]))
     assert len(counter.read_text().splitlines()) == loads
+
+
+def test_a_requested_column_the_reference_lacks_fails_the_load(cars_csv):
+    pipeline = TestPipeline()
+    _ = (
+        pipeline
+        | beam.Create(EVENTS)
+        | EnrichWithSideInput(FileReference(cars_csv), key="car_id", fields=["modle"])
+    )
+    with pytest.raises(
+        ValueError, match=r"reference has no column \['modle'\]; its columns: car_id"
+    ):
+        pipeline.run().wait_until_finish()

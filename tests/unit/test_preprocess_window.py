@@ -292,3 +292,25 @@ def test_rows_without_event_time_get_a_clear_error():
     )
     with pytest.raises(ValueError, match="carry no event time"):
         pipeline.run().wait_until_finish()
+
+
+def test_an_empty_key_aggregates_everything_per_window():
+    rows = [({"speed_kmh": 10.0}, 5), ({"speed_kmh": 30.0}, 50), ({"speed_kmh": 7.0}, 70)]
+    with TestPipeline() as pipeline:
+        out = (
+            pipeline
+            | beam.Create(rows)
+            | beam.MapTuple(lambda row, t: TimestampedValue(row, t))
+            | WindowedAggregate(
+                key=(), window=Tumbling(60), aggregates={"n": Count(), "low": Min("speed_kmh")}
+            )
+        )
+        assert_that(
+            out,
+            equal_to(
+                [
+                    {"window_start": iso(0), "window_end": iso(60), "n": 2, "low": 10.0},
+                    {"window_start": iso(60), "window_end": iso(120), "n": 1, "low": 7.0},
+                ]
+            ),
+        )
