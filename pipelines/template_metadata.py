@@ -191,18 +191,18 @@ def parameter_metadata(option: Option) -> dict[str, Any]:
 
     Choices become an ``ENUM`` with ``enumOptions`` plus an alternation regex (so Dataflow also
     rejects bad values at launch); int/float/bool options get ``NUMBER``/``BOOLEAN`` and a value
-    regex; anything else is ``TEXT``. An explicit ``Option.param_type`` wins; it must name a
-    Dataflow ``ParameterType`` (``ValueError`` otherwise: ``flex-template build`` would refuse).
+    regex (a bool's choices, if any, are its regex); anything else is ``TEXT``. An explicit
+    ``Option.param_type`` wins; it must name a Dataflow ``ParameterType`` (``ValueError``
+    otherwise: ``flex-template build`` would refuse the file).
     """
     regexes = list(option.regexes)
-    param_type = option.param_type
     if option.choices is not None:
         regexes.insert(0, _choices_regex(option.choices))
-        param_type = param_type or "ENUM"
     elif option.type in _TYPE_REGEXES:
         regexes.insert(0, _TYPE_REGEXES[option.type])
-        param_type = param_type or _TYPE_PARAM_TYPES[option.type]
-    param_type = param_type or "TEXT"
+    enum = option.choices is not None and option.type is not bool
+    param_type = option.param_type or _TYPE_PARAM_TYPES.get(option.type)
+    param_type = param_type or ("ENUM" if enum else "TEXT")
     if param_type not in ParameterType.__members__:
         raise ValueError(
             f"option {option.name}: param_type {param_type!r} is not a Dataflow ParameterType "
@@ -220,7 +220,7 @@ def parameter_metadata(option: Option) -> dict[str, Any]:
     if regexes:
         parameter["regexes"] = regexes
     parameter["paramType"] = param_type
-    if option.choices is not None:
+    if enum and param_type == "ENUM":
         parameter["enumOptions"] = [{"value": choice} for choice in option.choices]
     default = _default_text(option)
     if default is not None:

@@ -47,6 +47,9 @@ _SYNTHETIC = (
     Option("threshold", "Threshold", "Score above which to alert.", type=float, default=0.5),
     Option("dryRun", "Dry run", "Do not write.", type=bool, default=False, example="true"),
     Option(
+        "analyze", "Analyze", "Also analyze.", type=bool, default=False, choices=("true", "false")
+    ),
+    Option(
         "outputTableSpec",
         "Output table",
         "BigQuery table.",
@@ -87,6 +90,13 @@ def test_types_become_number_and_boolean_with_value_regexes():
     ]:
         (pattern,) = params[name]["regexes"]
         assert re.fullmatch(pattern, good) and not re.fullmatch(pattern, bad), name
+
+
+def test_bool_choices_stay_boolean_with_the_choices_as_regex():
+    param = _synthetic_params()["analyze"]
+    assert param["paramType"] == "BOOLEAN"
+    assert param["regexes"] == ["true|false"]
+    assert "enumOptions" not in param
 
 
 def test_explicit_param_type_required_and_example_in_help():
