@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import re
@@ -197,8 +198,6 @@ def test_metadata_matches_the_pipeline_options_both_ways(template):
 
 
 def _argparse_flags(options_cls) -> set[str]:
-    import argparse
-
     parser = argparse.ArgumentParser()
     options_cls._add_argparse_args(parser)
     return {action.dest for action in parser._actions if action.dest != "help"}
