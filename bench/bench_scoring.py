@@ -1,0 +1,482 @@
+"""Benchmark the scoring pipeline against Beam's stock TF handler and a raw Kafka loop.
+
+Same run, same broker, same model, same events (default 200k credit-card-shaped JSON events):
+
+  (a) ``pipelines.score_events`` with :class:`~transforms.model_handler.SavedModelHandler`
+  (b) the same pipeline with Beam's stock ``TFModelHandlerNumpy`` (Keras ``.keras`` file of the
+      same network, adapted to the pipeline's ``(KafkaRecord, row)`` → ``Score`` contract)
+  (c) a raw confluent-kafka consume → predict → produce loop with the same SavedModel (the ceiling)
+
+plus both handlers' ``run_inference`` alone (no Beam, no Kafka) on the same rows.
+
+(a) and (b) read the backlog with ``stop="end_at_launch"`` in batch mode on the default runner;
+times include pipeline start-up. Then latency: the real streaming pipeline
+(``python -m pipelines.score_events --runner=FnApiRunner --streaming``) fed at ``--rate`` msg/s;
+p50/p99 of prediction arrival minus the event's Kafka timestamp.
+
+The model is a dense autoencoder 30→14→7→7→30 (the seeds' demo shape) with random weights:
+speed, not quality, is measured. By default the benchmark runs its own broker on a private port
+(big topics make noida-db snapshot for seconds and would disturb the shared stack) and waits for
+the broker to go idle before each timing.
+
+    .venv/bin/python bench/bench_scoring.py                 # everything, 200k events
+    .venv/bin/python bench/bench_scoring.py --events 20000 --skip-latency
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FEATURES = ("Time", *(f"V{i}" for i in range(1, 29)), "Amount")
+THRESHOLD = 1.0
+PARTITIONS = 3
+LOCAL = {
+    "receive.message.max.bytes": "2147483647",
+    "queued.min.messages": "1000",
+    "fetch.queue.backoff.ms": "100",
+}
+
+_LOGGER = logging.getLogger("bench_scoring")
+
+
+# --- broker -------------------------------------------------------------------------------------
+
+
+class PrivateBroker:
+    """noida-db on a private port through scripts/stack.sh with its own state directory."""
+
+    def __init__(self, port: int) -> None:
+        self.bootstrap = f"127.0.0.1:{port}"
+        self._dir = tempfile.mkdtemp(prefix="bench-scoring-stack-")
+        self._env = {**os.environ, "KBML_STACK_DIR": self._dir, "KBML_KAFKA_PORT": str(port)}
+
+    def __enter__(self) -> PrivateBroker:
+        subprocess.run(
+            [os.path.join(REPO, "scripts", "stack.sh"), "up", "kafka"], env=self._env, check=True
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run([os.path.join(REPO, "scripts", "stack.sh"), "down"], env=self._env)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def pid(self) -> int | None:
+        status = subprocess.run(
+            [os.path.join(REPO, "scripts", "stack.sh"), "status"],
+            env=self._env,
+            capture_output=True,
+            text=True,
+        ).stdout
+        for line in status.splitlines():
+            if line.startswith("kafka") and "pid=" in line:
+                return int(line.split("pid=")[1].split()[0])
+        return None
+
+
+def wait_until_idle(pid: int | None, quiet_s: float = 3.0, timeout_s: float = 120.0) -> None:
+    """Wait until process ``pid`` used < 5 % CPU for ``quiet_s`` (noida-db snapshots its state)."""
+    if pid is None:
+        time.sleep(quiet_s)
+        return
+
+    def ticks() -> int:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    hz = os.sysconf("SC_CLK_TCK")
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        before = ticks()
+        time.sleep(quiet_s)
+        if (ticks() - before) / hz / quiet_s < 0.05:
+            return
+    _LOGGER.warning("broker still busy after %.0f s; timing anyway", timeout_s)
+
+
+def create_topics(bootstrap: str, *names: str, partitions: int = PARTITIONS) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(n, partitions, 1) for n in names]).values():
+        future.result(30)
+
+
+def fill_topic(bootstrap: str, topic: str, count: int, seed: int = 7) -> None:
+    """Produce ``count`` JSON events shaped like the credit-card schema (~700 bytes each)."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": "20"})
+    rng = np.random.default_rng(seed)
+    for start in range(0, count, 10_000):
+        values = rng.normal(0, 1, (min(10_000, count - start), len(FEATURES)))
+        for i, row in enumerate(values.tolist()):
+            event = {"event_id": f"e{start + i}", "card_id": f"card-{(start + i) % 997}"}
+            event.update(zip(FEATURES, row, strict=True))
+            while True:
+                try:
+                    producer.produce(topic, json.dumps(event).encode(), event["card_id"].encode())
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+        producer.poll(0)
+    producer.flush(120)
+
+
+def count_messages(bootstrap: str, topic: str) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-count"})
+    total = 0
+    for p in range(PARTITIONS):
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        total += high - low
+    consumer.close()
+    return total
+
+
+# --- model --------------------------------------------------------------------------------------
+
+
+def export_models(root: str) -> tuple[str, str]:
+    """One random 30→14→7→7→30 autoencoder as (a SavedModel under ``root/1``, a ``.keras`` file)."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((len(FEATURES),), name="x")
+    hidden = inputs
+    for units in (14, 7, 7):
+        hidden = keras.layers.Dense(units, activation="relu")(hidden)
+    reconstruction = keras.layers.Dense(len(FEATURES))(hidden)
+    score = keras.ops.mean(keras.ops.square(inputs - reconstruction), axis=-1)
+    network = keras.Model(inputs, score)
+    keras_path = os.path.join(root, "autoencoder.keras")
+    network.save(keras_path)
+
+    class Serving(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = network
+
+        @tf.function(
+            input_signature=[{n: tf.TensorSpec([None], tf.float32, name=n) for n in FEATURES}]
+        )
+        def serve(self, columns):
+            scores = self.network(tf.stack([columns[n] for n in FEATURES], axis=1))
+            return {"score": scores, "is_anomaly": scores > THRESHOLD}
+
+    serving = Serving()
+    version_dir = os.path.join(root, "models", "1")
+    tf.saved_model.save(serving, version_dir, signatures={"serving_default": serving.serve})
+    info = {"version": 1, "features": list(FEATURES), "threshold": THRESHOLD,
+            "label": "Class", "id_field": "event_id", "metrics": {}}  # fmt: skip
+    with open(os.path.join(version_dir, "model_info.json"), "w") as handle:
+        json.dump(info, handle)
+    return os.path.dirname(version_dir), keras_path
+
+
+# --- (a) and (b): the pipeline --------------------------------------------------------------------
+
+
+def stock_handler(keras_path: str):
+    """Beam's TFModelHandlerNumpy behind the pipeline's keyed (KafkaRecord, row) contract."""
+    from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult
+    from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
+
+    from transforms.model_handler import Score
+
+    def to_vectors(batch):  # ScoreEvents batches before RunInference: preprocessing sees batches
+        return [
+            ((record, row.get("event_id")), np.array([row[n] for n in FEATURES], np.float32))
+            for record, row in batch
+        ]
+
+    def to_score(pair):
+        (record, event_id), result = pair
+        score = float(result.inference)
+        verdict = Score(score, score > THRESHOLD, THRESHOLD, 1)
+        return record, PredictionResult({"event_id": event_id}, verdict, "1")
+
+    return (
+        KeyedModelHandler(TFModelHandlerNumpy(keras_path))
+        .with_preprocess_fn(to_vectors)
+        .with_postprocess_fn(to_score)
+    )
+
+
+def run_pipeline(bootstrap: str, model_root: str, source: str, sink: str, handler=None) -> float:
+    """Score the whole ``source`` topic into ``sink`` in batch mode; returns wall seconds."""
+    import apache_beam as beam
+
+    from pipelines.options import parse_and_validate
+    from pipelines.score_events import OPTIONS, ScoreEventsOptions, build_pipeline
+    from transforms.schema import bundled_schema_path
+
+    argv = [
+        f"--bootstrapServers={bootstrap}",
+        "--kafkaConfig=" + ";".join(f"{k}={v}" for k, v in LOCAL.items()),
+        f"--inputTopic={source}",
+        f"--outputTopic={sink}",
+        "--startOffset=earliest",
+        f"--schemaPath={bundled_schema_path('creditcard')}",
+        f"--modelPath={model_root}",
+    ]
+    opts = parse_and_validate(argv, ScoreEventsOptions, OPTIONS)
+    started = time.perf_counter()
+    with beam.Pipeline(options=opts) as p:
+        build_pipeline(p, opts, model_handler=handler)
+    return time.perf_counter() - started
+
+
+def handlers_only(model_root: str, keras_path: str, count: int) -> dict[str, float]:
+    """rows/s of each handler's run_inference alone, batches of 1024, no Beam and no Kafka."""
+    from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
+
+    from transforms.model_handler import SavedModelHandler
+
+    rng = np.random.default_rng(3)
+    rows = [dict(zip(FEATURES, v, strict=True)) for v in rng.normal(0, 1, (count, 30)).tolist()]
+    vectors = [np.array([r[n] for n in FEATURES], np.float32) for r in rows]
+    rates = {}
+    for name, handler, examples in (
+        ("SavedModelHandler", SavedModelHandler(model_root), rows),
+        ("stock TFModelHandlerNumpy", TFModelHandlerNumpy(keras_path), vectors),
+    ):
+        model = handler.load_model()
+        list(handler.run_inference(examples[:1024], model))  # warm-up
+        started = time.perf_counter()
+        for i in range(0, count, 1024):
+            list(handler.run_inference(examples[i : i + 1024], model))
+        rates[name] = count / (time.perf_counter() - started)
+    return rates
+
+
+# --- (c): the ceiling -----------------------------------------------------------------------------
+
+
+def raw_loop(bootstrap: str, model_root: str, source: str, sink: str, count: int) -> float:
+    """consume → json → one signature call per batch → produce; returns wall seconds."""
+    import tensorflow as tf
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    signature = tf.saved_model.load(os.path.join(model_root, "1")).signatures["serving_default"]
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-raw",
+                         "enable.auto.commit": "false", **LOCAL})  # fmt: skip
+    consumer.assign([TopicPartition(source, p, 0) for p in range(PARTITIONS)])
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": "20"})
+    started = time.perf_counter()
+    done = 0
+    while done < count:
+        messages = [m for m in consumer.consume(2000, 1.0) if m.error() is None]
+        if not messages:
+            continue
+        rows = [json.loads(m.value()) for m in messages]
+        matrix = np.array([[row[n] for n in FEATURES] for row in rows], np.float32).T
+        outputs = signature(**{n: tf.constant(matrix[i]) for i, n in enumerate(FEATURES)})
+        scores = outputs["score"].numpy().tolist()
+        flags = outputs["is_anomaly"].numpy().tolist()
+        for message, row, score, flag in zip(messages, rows, scores, flags, strict=True):
+            value = json.dumps({"event_id": row["event_id"], "score": score, "is_anomaly": flag})
+            while True:
+                try:
+                    producer.produce(sink, value.encode(), message.key())
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+        producer.poll(0)
+        done += len(messages)
+    producer.flush(120)
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return elapsed
+
+
+# --- latency --------------------------------------------------------------------------------------
+
+
+def measure_latency(bootstrap: str, model_root: str, rate: int, seconds: float) -> list[float]:
+    """Run the streaming pipeline; feed ``rate`` msg/s; latencies (s) of the predictions."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from transforms.schema import bundled_schema_path
+
+    suffix = uuid.uuid4().hex[:8]
+    source, sink = f"lat-in-{suffix}", f"lat-out-{suffix}"
+    create_topics(bootstrap, source, sink)
+    log = open(os.path.join(tempfile.gettempdir(), f"bench-latency-{suffix}.log"), "wb")  # noqa: SIM115
+    scorer = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.score_events", "--runner=FnApiRunner", "--streaming",
+         f"--bootstrapServers={bootstrap}", f"--inputTopic={source}", f"--outputTopic={sink}",
+         "--kafkaConfig=" + ";".join(f"{k}={v}" for k, v in LOCAL.items()),
+         f"--consumerGroupId=lat-{suffix}", "--startOffset=earliest",
+         f"--schemaPath={bundled_schema_path('creditcard')}", f"--modelPath={model_root}"],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-read-{suffix}",
+                         **LOCAL, "fetch.queue.backoff.ms": "5"})  # fmt: skip
+    consumer.assign([TopicPartition(sink, p, 0) for p in range(PARTITIONS)])
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": "0"})
+    latencies: list[float] = []
+    received: set[str] = set()
+    stop = threading.Event()
+
+    def collect() -> None:
+        while not stop.is_set():
+            for message in consumer.consume(1000, 0.05):
+                if message.error() is None:
+                    value = json.loads(message.value())
+                    arrived = time.time()
+                    event_ms = _event_ms(value["event_time"])
+                    if value["event_id"].startswith("lat-"):
+                        latencies.append(arrived - event_ms / 1000)
+                    received.add(value["event_id"])
+
+    collector = threading.Thread(target=collect, daemon=True)
+    collector.start()
+    try:
+        _produce_until(producer, source, lambda: "warm-up" in received, timeout=180)
+        interval = 1.0 / rate
+        total = int(rate * seconds)
+        started = time.perf_counter()
+        for i in range(total):
+            target = started + i * interval
+            delay = target - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            event = {"event_id": f"lat-{i}", "card_id": f"card-{i % 97}",
+                     **dict.fromkeys(FEATURES, 0.1)}  # fmt: skip
+            producer.produce(source, json.dumps(event).encode(), event["card_id"].encode())
+            producer.poll(0)
+        producer.flush(30)
+        deadline = time.time() + 30
+        while len(latencies) < total and time.time() < deadline:
+            time.sleep(0.2)
+        if len(latencies) < total:
+            _LOGGER.warning("only %d of %d latency events arrived", len(latencies), total)
+    finally:
+        stop.set()
+        collector.join(5)
+        consumer.close()
+        os.killpg(scorer.pid, signal.SIGTERM)
+        try:
+            scorer.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(scorer.pid, signal.SIGKILL)
+        log.close()
+    return latencies
+
+
+def _event_ms(text: str) -> float:
+    import datetime
+
+    return datetime.datetime.fromisoformat(text).timestamp() * 1000
+
+
+def _produce_until(producer, topic: str, done: Callable[[], bool], timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        event = {"event_id": "warm-up", "card_id": "card-0", **dict.fromkeys(FEATURES, 0.1)}
+        producer.produce(topic, json.dumps(event).encode(), b"card-0")
+        producer.flush(10)
+        for _ in range(20):
+            if done():
+                return
+            time.sleep(0.25)
+    raise RuntimeError(f"streaming scorer not live after {timeout} s")
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--port", type=int, default=19192, help="private broker port")
+    parser.add_argument("--bootstrap", help="use this broker instead of a private one")
+    parser.add_argument("--rate", type=int, default=1000, help="latency run: msg/s")
+    parser.add_argument("--latency-seconds", type=float, default=30.0)
+    parser.add_argument("--skip-stock", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+
+    workdir = tempfile.mkdtemp(prefix="bench-scoring-")
+    model_root, keras_path = export_models(workdir)
+    broker = PrivateBroker(args.port) if args.bootstrap is None else None
+    try:
+        if broker is not None:
+            broker.__enter__()
+        bootstrap = args.bootstrap or broker.bootstrap
+        pid = broker.pid() if broker is not None else None
+        suffix = uuid.uuid4().hex[:8]
+        source = f"bench-in-{suffix}"
+        sinks = {name: f"bench-out-{name}-{suffix}" for name in ("a", "b", "c")}
+        create_topics(bootstrap, source, *sinks.values())
+        started = time.perf_counter()
+        fill_topic(bootstrap, source, args.events)
+        print(f"filled {args.events} events in {time.perf_counter() - started:.1f} s")
+
+        results: dict[str, float] = {}
+        runs: list[tuple[str, Callable[[], float]]] = [
+            ("a", lambda: run_pipeline(bootstrap, model_root, source, sinks["a"])),
+            ("c", lambda: raw_loop(bootstrap, model_root, source, sinks["c"], args.events)),
+        ]
+        if not args.skip_stock:
+            runs.insert(1, ("b", lambda: run_pipeline(
+                bootstrap, model_root, source, sinks["b"], stock_handler(keras_path))))  # fmt: skip
+        for name, fn in runs:
+            wait_until_idle(pid)
+            seconds = fn()
+            written = count_messages(bootstrap, sinks[name])
+            results[name] = args.events / seconds
+            print(f"({name}) {seconds:7.1f} s  {results[name]:9,.0f} msg/s  wrote {written}")
+
+        labels = {"a": "pipeline + SavedModelHandler", "b": "pipeline + stock TFModelHandlerNumpy",
+                  "c": "raw confluent-kafka loop"}  # fmt: skip
+        print(f"\n{args.events} events, {PARTITIONS} partitions")
+        for name, rate in results.items():
+            print(f"  ({name}) {labels[name]:38s} {rate:9,.0f} msg/s")
+        if "b" in results:
+            print(f"  (a)/(b) = {results['a'] / results['b']:.2f}   (target >= 6)")
+        print(f"  (a)/(c) = {results['a'] / results['c']:.2f}")
+
+        if not args.skip_stock:
+            rates = handlers_only(model_root, keras_path, min(args.events, 50_000))
+            for name, rate in rates.items():
+                print(f"  handler only, {name:26s} {rate:9,.0f} rows/s")
+            ours, stock = rates.values()
+            print(f"  handler only ratio = {ours / stock:.1f}")
+
+        if not args.skip_latency:
+            wait_until_idle(pid)
+            latencies = measure_latency(bootstrap, model_root, args.rate, args.latency_seconds)
+            if latencies:
+                p50, p99 = np.percentile(latencies, [50, 99])
+                print(
+                    f"\nlatency at {args.rate} msg/s streaming ({len(latencies)} events): "
+                    f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms  (target p99 <= 1 s)"
+                )
+    finally:
+        if broker is not None:
+            broker.__exit__(None, None, None)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
