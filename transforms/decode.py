@@ -129,6 +129,12 @@ class _DecodeFn(beam.DoFn):
             )
         self._validator = RowValidator(self._schema, self._unknown_fields)
         self._counters = _Counters()
+        _LOGGER.info(
+            "Decoding %s into rows of %d fields (unknown fields: %s)",
+            self._format,
+            len(self._schema),
+            self._unknown_fields,
+        )
 
     def process(self, record: KafkaRecord):
         try:
@@ -144,6 +150,14 @@ class _DecodeFn(beam.DoFn):
             row = self._validator.validate(self._decode(payload))
         except Rejected as err:
             self._counters.rejected(err.reason)
+            _LOGGER.debug(
+                "Dead letter %s at %s/%s@%s: %s",
+                err.reason,
+                record.topic,
+                record.partition,
+                record.offset,
+                err.message,
+            )
             yield pvalue.TaggedOutput(
                 DEAD_LETTER_TAG, DeadLetter.from_record(record, err.stage, err.message, err.reason)
             )

@@ -16,7 +16,6 @@ purpose. Failures of the callables raise, or with ``with_dead_letters()`` become
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -26,8 +25,6 @@ from transforms.expressions import Expr
 from transforms.row_stage import METRICS_NAMESPACE, RowOp, RowStage
 
 __all__ = ["Filter", "Project"]
-
-_LOGGER = logging.getLogger(__name__)
 
 Predicate = Callable[[Mapping[str, Any]], Any]
 Column = str | Callable[[Mapping[str, Any]], Any]

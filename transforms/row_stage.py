@@ -75,6 +75,9 @@ class _RowFn(beam.DoFn):
                     f"{self._op.stage} stage failed on a row: {type(err).__name__}: {err}"
                 ) from err
             self._dead.inc()
+            _LOGGER.debug(
+                "%s stage dead-lettered a row: %s: %s", self._op.stage, type(err).__name__, err
+            )
             reason = err.reason if isinstance(err, Rejected) else type(err).__name__
             message = err.message if isinstance(err, Rejected) else str(err)
             yield pvalue.TaggedOutput(

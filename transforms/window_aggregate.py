@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -50,8 +49,6 @@ __all__ = [
     "Max",
     "WINDOW_COLUMNS",
 ]
-
-_LOGGER = logging.getLogger(__name__)
 
 #: Columns every output row has besides the key and the aggregates.
 WINDOW_COLUMNS = ("window_start", "window_end")
