@@ -133,6 +133,22 @@ def main() -> None:
             bq.delete_dataset(dataset, delete_contents=True, retry=endpoints.bigquery_retry)
 
     print(f"medians of {args.repeats} runs:")
+    try:
+        _report(args, config, topic, bq_topic, to_gcs, to_bigquery)
+    finally:
+        # Big topics make the shared noida-db rewrite a large snapshot after every change.
+        AdminClient(config.producer_dict()).delete_topics([topic, bq_topic])
+
+
+def _report(
+    args: argparse.Namespace,
+    config: KafkaConfig,
+    topic: str,
+    bq_topic: str,
+    to_gcs: Callable[[], None],
+    to_bigquery: Callable[[], None],
+) -> None:
+    """Time the baseline and both pipelines; print medians and ratios."""
     base = _timed(
         "raw consume",
         args.repeats,

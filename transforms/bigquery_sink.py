@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import json
 import logging
 import random
 import time
@@ -62,6 +63,9 @@ METHODS = ("STREAMING_INSERTS", "FILE_LOADS")
 # valid rows BigQuery did not insert because a neighbour was invalid: they go again.
 _PERMANENT_REASONS = frozenset({"invalid", "invalidQuery", "notImplemented", "Bad Request"})
 _MAX_INSERT_ID_CHARS = 128  # BigQuery's limit for insertId
+# insertAll requests are limited to 10 MB; flush well before, and refuse single rows above it.
+_MAX_REQUEST_BYTES = 5_000_000
+_MAX_ROW_BYTES = 9_000_000
 
 
 class BigQueryTransientError(RuntimeError):
@@ -135,6 +139,7 @@ def _table_reference(table_spec: str, project: str | None) -> Any:
 class _Pending:
     record: KafkaRecord | None
     row: Mapping[str, Any]
+    json_row: dict[str, Any]
     insert_id: str
     window_value: Any
 
@@ -180,9 +185,11 @@ class _StreamingInsertFn(beam.DoFn):
         self._table_id = f"{project}.{rest}"
         self._table_ready = False
         self._buffer: list[_Pending] = []
+        self._buffer_bytes = 0
 
     def start_bundle(self) -> None:
         self._buffer = []
+        self._buffer_bytes = 0
         # Unique per bundle attempt: rows without Kafka coordinates only dedupe within a retry.
         self._bundle_prefix = uuid.uuid4().hex
         self._bundle_count = 0
@@ -196,7 +203,18 @@ class _StreamingInsertFn(beam.DoFn):
         if insert_id is None:
             insert_id = f"{self._bundle_prefix}-{self._bundle_count}"
             self._bundle_count += 1
-        self._buffer.append(_Pending(record, row, insert_id, window_value))
+        json_row = _json_row(row)
+        size = len(json.dumps(json_row, default=str))
+        if size > _MAX_ROW_BYTES:
+            self._rejected.inc()
+            message = f"row of {size} bytes exceeds the {_MAX_ROW_BYTES}-byte insertAll limit"
+            letter = DeadLetter.from_row(row, "bigquery", message, "RowTooLarge", record)
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, window_value.with_value(letter))
+            return
+        if self._buffer and self._buffer_bytes + size > _MAX_REQUEST_BYTES:
+            yield from self._flush()
+        self._buffer.append(_Pending(record, row, json_row, insert_id, window_value))
+        self._buffer_bytes += size
         if len(self._buffer) >= self._batch_size:
             yield from self._flush()
 
@@ -225,14 +243,14 @@ class _StreamingInsertFn(beam.DoFn):
         self._table_ready = True
 
     def _flush(self):  # noqa: ANN202 - generator of tagged dead letters
-        pending, self._buffer = self._buffer, []
+        pending, self._buffer, self._buffer_bytes = self._buffer, [], 0
         if not pending:
             return
         self._ensure_table()
         for attempt in range(self._max_retries + 1):
             errors = self._client.insert_rows_json(
                 self._table_id,
-                [_json_row(p.row) for p in pending],
+                [p.json_row for p in pending],
                 row_ids=[p.insert_id for p in pending],
                 skip_invalid_rows=True,
                 retry=self._retry,

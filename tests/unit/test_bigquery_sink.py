@@ -56,6 +56,7 @@ class FakeInsertAllClient:
 
     def insert_rows_json(self, table, json_rows, row_ids, **kwargs):  # noqa: ANN001, ANN201
         assert table.startswith("test-project.ds."), table
+        assert len(json.dumps(json_rows)) < 10_000_000, "insertAll request over BigQuery's limit"
         errors = []
         with _LOCK:
             attempts = _TABLES[self.name + "/attempts"]
@@ -186,6 +187,23 @@ def test_dead_letters_go_in_with_stage_salted_ids():
     assert by_stage["decode"][1]["payload"] == "/w=="
     assert by_stage["decode"][1]["error_type"] == "UnicodeDecodeError"
     assert by_stage["tfrecord"][1]["payload"] == "e30="
+
+
+def test_requests_stay_under_the_payload_limit_and_oversize_rows_are_dead_letters():
+    client = FakeInsertAllClient()
+    blob = b"x" * 900_000  # ~1.2 MB once base64-encoded in JSON
+    rows = [{"event_id": str(i), "Amount": 1.0, "raw": blob} for i in range(12)]
+    huge = {"event_id": "huge", "Amount": 1.0, "raw": b"x" * 7_000_000}
+    with TestPipeline() as p:
+        result = _write(
+            p | beam.Create([*rows, huge]), client, insert_id_fn=lambda r: r["event_id"]
+        )
+        assert_that(
+            result.dead_letters
+            | beam.Map(lambda d: (d.error_type, json.loads(d.payload)["event_id"])),
+            equal_to([("RowTooLarge", "huge")]),
+        )
+    assert sorted(client.rows) == sorted(str(i) for i in range(12))
 
 
 @pytest.mark.parametrize(
