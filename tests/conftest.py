@@ -58,8 +58,10 @@ def _unique(prefix: str) -> str:
 def stack_env() -> Iterator[dict[str, str]]:
     """Start the local stack if needed; the client env (``stack.sh env``) as a dict.
 
-    The values are also set in ``os.environ`` for the session (and restored afterwards), and
-    Beam's ``gs://`` filesystem is pointed at the GCS emulator (``GcpEndpoints.configure_process``).
+    The values are also set in ``os.environ`` for the session (and restored afterwards); they
+    include what ``GcpEndpoints.configure_process`` adds for Beam's ``gs://`` filesystem
+    (``GOOGLE_APPLICATION_CREDENTIALS`` of the static emulator credential), so subprocesses
+    started with this env behave the same.
     """
     status = json.loads(_stack("status", "--json", check=False).stdout)
     # Only a session that found the whole stack down owns it; a partial one may be shared.
@@ -67,12 +69,12 @@ def stack_env() -> Iterator[dict[str, str]]:
     # A stack of another checkout may hold the default ports: then this one moves to free ports.
     _stack("up", "--free-ports")
     env = json.loads(_stack("env", "--json").stdout)
+    # Beam's gs:// filesystem: emulator endpoint and static emulator credentials (real ones would
+    # try to refresh online); see GcpEndpoints.configure_process.
+    GcpEndpoints.from_options(None, env).configure_process(env)
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
             patch.setenv(key, value)
-        # Real credentials must not reach the emulators (they would try to refresh online).
-        patch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
-        GcpEndpoints.from_options(None, env).configure_process()
         yield env
     if owned:
         _stack("down")
