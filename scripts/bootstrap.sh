@@ -7,20 +7,21 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 log() { echo "bootstrap: $*" >&2; }
 
+apt_install() {
+  log "installing $* with apt-get"
+  local sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo -n"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" </dev/null
+}
+
 # -- system packages (only what is missing) --------------------------------------------------------
 missing=()
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 command -v git >/dev/null 2>&1 || missing+=(git)
-if [[ ${#missing[@]} -gt 0 ]]; then
-  log "installing ${missing[*]} with apt-get"
-  SUDO=""
-  [[ $(id -u) -eq 0 ]] || SUDO="sudo -n"
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq "${missing[@]}" </dev/null
-fi
+[[ ${#missing[@]} -eq 0 ]] || apt_install "${missing[@]}"
 
-# -- Python 3.11 for the project venv -------------------------------------------------------------
+# -- Python 3.11 for the project venv (pyenv's, else Debian 12's python3) --------------------------
 find_python311() {
   local candidate
   if command -v pyenv >/dev/null 2>&1; then
@@ -38,8 +39,9 @@ find_python311() {
 }
 
 if [[ ! -x .venv/bin/python ]]; then
-  PY311="$(find_python311)" || {
-    log "Python 3.11 not found; on Debian 12: apt-get install python3 python3-venv"; exit 1; }
+  PY311="$(find_python311)" || { apt_install python3 python3-venv; PY311="$(find_python311)"; } || {
+    log "Python 3.11 not found (Debian 12 ships it as python3)"; exit 1; }
+  "$PY311" -c 'import ensurepip' 2>/dev/null || apt_install python3-venv
   log "creating .venv with $PY311"
   "$PY311" -m venv .venv
 fi
