@@ -42,6 +42,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import evaluation
+from pipelines.artifact_files import download_tree, is_local, upload_tree
 from pipelines.export_common import EXPORT_SOURCE, TABLE_SPEC_REGEX, ExportSource
 from pipelines.options import Option, OptionError, options_class, validate
 from transforms.gcp_endpoints import GcpEndpoints
@@ -218,20 +219,38 @@ def _has_transform(transform_dir: str) -> bool:
     return FileSystems.exists(posixpath.join(transform_dir, "transform_fn", "saved_model.pb"))
 
 
-def _analyze(rows: Sequence[Mapping[str, Any]], schema: RowSchema, settings: TrainSettings) -> None:
+def _analyze(
+    rows: Sequence[Mapping[str, Any]], schema: RowSchema, label: str | None, transform_dir: str
+) -> None:
     from transforms.tft_preprocess import AnalyzeAndWriteTransform
 
-    _LOGGER.info(
-        "Analyzing tf.Transform on %d training rows → %s", len(rows), settings.transform_dir
-    )
+    _LOGGER.info("Analyzing tf.Transform on %d training rows", len(rows))
     # In-memory rows: the local FnApiRunner (the default DirectRunner first tries to fetch Prism).
     with beam.Pipeline(runner="FnApiRunner") as p:
         _ = (
             p
             | "TrainingRows" >> beam.Create(list(rows), reshuffle=False)
-            | "AnalyzeAndWrite"
-            >> AnalyzeAndWriteTransform(schema, settings.transform_dir, label=settings.label)
+            | "AnalyzeAndWrite" >> AnalyzeAndWriteTransform(schema, transform_dir, label=label)
         )
+
+
+def _local_transform(
+    train_rows: Sequence[Mapping[str, Any]], schema: RowSchema, settings: TrainSettings, work: str
+) -> str:
+    """A local directory holding the transform: loaded from, or analyzed and saved to, the
+    configured one (remote paths go through Beam's filesystems; see ``artifact_files``)."""
+    wanted = settings.transform_dir
+    if is_local(wanted):
+        if not _has_transform(wanted):
+            _analyze(train_rows, schema, settings.label, wanted)
+        return wanted
+    local = os.path.join(work, "transform")
+    if _has_transform(wanted):
+        download_tree(wanted, local)
+    else:
+        _analyze(train_rows, schema, settings.label, local)
+        upload_tree(local, wanted, skip=("tmp",))
+    return local
 
 
 def _seeded_autoencoder(n_features: int, settings: TrainSettings) -> Any:
@@ -267,21 +286,6 @@ def _fit(
         ],
     )
     return history.history
-
-
-def _publish(staging: str, version_dir: str) -> None:
-    """Copy the staged export to ``version_dir`` (any filesystem), ``model_info.json`` last."""
-    files = []
-    for root, _, names in os.walk(staging):
-        files.extend(os.path.join(root, name) for name in names)
-    files.sort(key=lambda path: os.path.basename(path) == _MODEL_INFO)
-    for path in files:
-        relative = os.path.relpath(path, staging).replace(os.sep, "/")
-        with (
-            open(path, "rb") as source,
-            FileSystems.create(FileSystems.join(version_dir, *relative.split("/"))) as target,
-        ):
-            target.write(source.read())
 
 
 def _split_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -331,11 +335,12 @@ def train(
     if not (in_split["train"] & normal).any() or not (in_split["validation"] & normal).any():
         raise ValueError(f"too few rows to train: {len(rows)} (need normal train and val rows)")
 
-    if not _has_transform(settings.transform_dir):
-        _analyze([r for r, s in zip(rows, split, strict=True) if s == "train"], schema, settings)
-    transform_output = tft.TFTransformOutput(settings.transform_dir)
-
-    with tempfile.TemporaryDirectory(prefix="train-") as staging:
+    with tempfile.TemporaryDirectory(prefix="train-") as work:
+        train_rows = [r for r, s in zip(rows, split, strict=True) if s == "train"]
+        transform_output = tft.TFTransformOutput(
+            _local_transform(train_rows, schema, settings, work)
+        )
+        staging = os.path.join(work, "export")
         autoencoder = _seeded_autoencoder(len(features), settings)
         model = AnomalyModel(transform_output, autoencoder, features, schema, 0.0)
         # The serving path's own transform, so training sees exactly what serving will.
@@ -396,7 +401,7 @@ def train(
         with open(os.path.join(staging, _MODEL_INFO), "w", encoding="utf-8") as handle:
             json.dump(info, handle, indent=2)
         version_dir = FileSystems.join(settings.model_path, str(version))
-        _publish(staging, version_dir)
+        upload_tree(staging, version_dir, last=_MODEL_INFO)
     _LOGGER.info("Exported model version %d to %s", version, version_dir)
     return TrainResult(
         version=version,

@@ -120,3 +120,40 @@ def test_train_from_a_bigquery_table(bq_client, bq_dataset, gcp_endpoints, tmp_p
     )
     assert sum(result.metrics["rows"].values()) == len(rows)
     assert read_model_info(result.version_dir).features == CREDITCARD_FEATURES
+
+
+def test_train_with_transform_and_models_on_gcs(gcs_bucket, tmp_path) -> None:
+    import tensorflow as tf
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipelines.artifact_files import download_tree
+    from transforms.tfrecord_sink import SCHEMA_FILE, row_to_example
+
+    schema = bundled_schema("creditcard")
+    export = tmp_path / "export"
+    export.mkdir()
+    with tf.io.TFRecordWriter(str(export / "part-00000-of-00001.tfrecord")) as writer:
+        for row in creditcard_transactions(1_500, seed=23, fraud_rate=0.03):
+            writer.write(row_to_example(row, schema).SerializeToString())
+    (export / SCHEMA_FILE).write_text(json.dumps(schema.to_bigquery_json()))
+    argv = [
+        f"--trainingData={export}/part-*",
+        f"--transformDir={gcs_bucket}/transform",
+        f"--modelPath={gcs_bucket}/models",
+        "--epochs=2",
+    ]
+    first = run(argv)  # analyzes and uploads the transform
+    assert FileSystems.exists(f"{gcs_bucket}/transform/transform_fn/saved_model.pb")
+    second = run(argv)  # downloads and reuses it
+    assert (first.version, second.version) == (1, 2)
+    newest = latest_version(f"{gcs_bucket}/models")
+    assert newest.version == 2 and read_model_info(newest.path).features == CREDITCARD_FEATURES
+    # The uploaded version is a complete SavedModel: load a local copy and score.
+    local = str(tmp_path / "model")
+    download_tree(newest.path, local)
+    loaded = tf.saved_model.load(local)
+    inputs = {
+        n: tf.constant([r[n] for r in second.test_rows], tf.float32) for n in CREDITCARD_FEATURES
+    }
+    scores = loaded.signatures["serving_default"](**inputs)["score"].numpy()
+    assert abs(scores - second.test_scores).max() < 1e-5
