@@ -73,7 +73,7 @@ def _normalize(endpoint: str | None) -> str | None:
 
 
 def _is_emulator(endpoint: str | None) -> bool:
-    return endpoint is not None and endpoint.startswith("http://")
+    return endpoint is not None and urlsplit(endpoint).scheme == "http"
 
 
 @dataclasses.dataclass(frozen=True)

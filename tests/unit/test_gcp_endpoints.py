@@ -62,6 +62,7 @@ def test_nothing_set_means_google_cloud():
 def test_https_endpoint_is_not_an_emulator():
     endpoints = GcpEndpoints("p", bigquery_endpoint="https://bigquery.example.com")
     assert not endpoints.bigquery_emulated
+    assert GcpEndpoints("p", bigquery_endpoint="HTTP://127.0.0.1:9050").bigquery_emulated
     assert endpoints.bigquery_retry.deadline > EMULATOR_RETRY_DEADLINE_S
 
 
