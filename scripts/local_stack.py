@@ -15,7 +15,8 @@ Commands::
 
 Everything binds 127.0.0.1. Overrides (env vars): KBML_STACK_DIR (state: data, logs, pids),
 KBML_BIGQUERY_VENV, KBML_PROJECT, KBML_KAFKA_PORT, KBML_BIGQUERY_PORT, KBML_BIGQUERY_GRPC_PORT,
-KBML_GCS_PORT, KBML_STACK_TIMEOUT (seconds to wait for a service to answer).
+KBML_GCS_PORT, KBML_STACK_TIMEOUT (seconds to wait for a service to answer), KBML_STACK_GRACE
+(seconds between SIGTERM and SIGKILL on down).
 """
 
 from __future__ import annotations
@@ -69,7 +70,6 @@ _LOAD_EXTENSIONS = (
     "from duckdb_extensions import import_extension as i; "
     "[i(e) for e in ('icu', 'ducklake', 'spatial')]"
 )
-_GRACE_SECONDS = 10.0
 DEFAULT_PORTS = {
     "KBML_KAFKA_PORT": 9092,
     "KBML_BIGQUERY_PORT": 9050,
@@ -180,6 +180,7 @@ class Stack:
         ).resolve()
         self.project = os.environ.get("KBML_PROJECT") or "kafka-beam-ml-local"
         self.timeout = float(os.environ.get("KBML_STACK_TIMEOUT") or 120)
+        self.grace = float(os.environ.get("KBML_STACK_GRACE") or 10)
         saved = self._saved_ports()
         self.ports = {
             var: _env_int(var, saved.get(var, default)) for var, default in DEFAULT_PORTS.items()
@@ -452,10 +453,10 @@ class Stack:
             self._pidfile(service).unlink(missing_ok=True)
             return
         _signal_group(pid, signal.SIGTERM)
-        if not _wait_gone(pid, _GRACE_SECONDS):
+        if not _wait_gone(pid, self.grace):
             _LOGGER.warning("%s: pid %d ignored SIGTERM; sending SIGKILL", service.name, pid)
             _signal_group(pid, signal.SIGKILL)
-            if not _wait_gone(pid, _GRACE_SECONDS):
+            if not _wait_gone(pid, self.grace):
                 raise StackError(f"{service.name}: pid {pid} is still running after SIGKILL")
         self._pidfile(service).unlink(missing_ok=True)
         _LOGGER.info("%s: stopped (pid %d)", service.name, pid)

@@ -278,18 +278,63 @@ def test_taken_port_is_a_clear_error(private_env):
     assert not list((Path(private_env["KBML_STACK_DIR"]) / "run").glob("*.pid"))
 
 
-def test_service_that_exits_is_named_with_its_log(private_env, tmp_path, monkeypatch):
+def _fake_bigquery_venv(path: Path, server_script: str, monkeypatch) -> Path:
+    """A BigQuery venv whose ``local-bigquery`` is ``server_script``, marked as installed."""
     spec = importlib.util.spec_from_file_location("local_stack", REPO / "scripts/local_stack.py")
     local_stack = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "local_stack", local_stack)
     spec.loader.exec_module(local_stack)
-    venv = tmp_path / "broken-bigquery-venv"
-    (venv / "bin").mkdir(parents=True)
-    (venv / ".kbml-installed").write_text("\n".join(local_stack.BIGQUERY_PINS))
-    server = venv / "bin" / "local-bigquery"
-    server.write_text("#!/bin/sh\necho 'cannot open database: disk on fire' >&2\nexit 2\n")
+    (path / "bin").mkdir(parents=True)
+    (path / ".kbml-installed").write_text("\n".join(local_stack.BIGQUERY_PINS))
+    server = path / "bin" / "local-bigquery"
+    server.write_text(server_script)
     server.chmod(0o755)
+    return path
 
+
+# Answers every GET with 200 on --port, ignores SIGTERM, and has a child in its process group.
+_STUBBORN_SERVER = f"""#!{sys.executable}
+import http.server, signal, subprocess, sys
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen(["sleep", "300"])
+print("child", child.pid, flush=True)
+port = int(sys.argv[sys.argv.index("--port") + 1])
+class Ok(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+http.server.HTTPServer(("127.0.0.1", port), Ok).serve_forever()
+"""
+
+
+def test_down_kills_a_service_that_ignores_sigterm_and_its_children(
+    private_env, tmp_path, monkeypatch
+):
+    venv = _fake_bigquery_venv(tmp_path / "stubborn-venv", _STUBBORN_SERVER, monkeypatch)
+    env = {**private_env, "KBML_BIGQUERY_VENV": str(venv), "KBML_STACK_GRACE": "1"}
+    up = _run_stack(env, "up", "bigquery")
+    assert up.returncode == 0, up.stderr
+    (status,) = [
+        s
+        for s in json.loads(_run_stack(env, "status", "--json").stdout)
+        if s["service"] == "bigquery"
+    ]
+    log = Path(private_env["KBML_STACK_DIR"]) / "logs" / "bigquery.log"
+    child = int(log.read_text().split("child ")[1].split()[0])
+    assert _alive(status["pid"]) and _alive(child)
+
+    down = _run_stack(env, "down")
+    assert down.returncode == 0, down.stderr
+    assert "ignored SIGTERM; sending SIGKILL" in down.stderr
+    assert not _alive(status["pid"]) and not _alive(child)
+
+
+def test_service_that_exits_is_named_with_its_log(private_env, tmp_path, monkeypatch):
+    venv = _fake_bigquery_venv(
+        tmp_path / "broken-venv",
+        "#!/bin/sh\necho 'cannot open database: disk on fire' >&2\nexit 2\n",
+        monkeypatch,
+    )
     result = _run_stack({**private_env, "KBML_BIGQUERY_VENV": str(venv)}, "up", "bigquery")
     assert result.returncode == 1
     port = private_env["KBML_BIGQUERY_PORT"]
