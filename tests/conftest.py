@@ -156,8 +156,10 @@ def bq_dataset(bq_client, gcp_endpoints: GcpEndpoints) -> Iterator[str]:
 def gcs_bucket(gcp_endpoints: GcpEndpoints) -> Iterator[str]:
     """A fresh bucket on the GCS emulator as ``gs://name``, emptied and deleted after the test."""
     client = gcp_endpoints.storage_client()
-    bucket = client.create_bucket(_unique("test-"))
-    yield f"gs://{bucket.name}"
-    for blob in client.list_blobs(bucket.name):
-        blob.delete()
-    bucket.delete()
+    name = client.create_bucket(_unique("test-")).name
+    yield f"gs://{name}"
+    bucket = client.lookup_bucket(name)  # None if the test deleted it
+    if bucket is not None:
+        for blob in client.list_blobs(name):
+            blob.delete()
+        bucket.delete()
