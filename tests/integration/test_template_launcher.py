@@ -101,7 +101,7 @@ def test_launcher_runs_kafka_to_bigquery_template_end_to_end(
     assert all(row["stage"] and row["error_type"] and row["payload"] for row in dead)
 
 
-def test_launcher_refuses_bad_parameters_before_running(stack_env):
+def test_launcher_refuses_bad_parameters_before_running():
     result = _launcher(
         [
             "run",
@@ -109,7 +109,7 @@ def test_launcher_refuses_bad_parameters_before_running(stack_env):
             "--parameters",
             "inputTopic=bad topic,outputTableSpec=not-a-table,colour=red",
         ],
-        stack_env,
+        {},
     )
     assert result.returncode == 2
     err = result.stderr
