@@ -176,6 +176,8 @@ def test_metadata_parses_into_dataflow_template_metadata(template):
     assert parsed.streaming is template.streaming
     for param in parsed.parameters:
         assert param.label and param.help_text, param.name
+        if param.name == "saslPassword":
+            assert param.is_optional and "env:" in param.help_text and "file:" in param.help_text
 
 
 @pytest.mark.parametrize("template", TEMPLATES, ids=TEMPLATE_IDS)
