@@ -10,8 +10,11 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from tiny_anomaly_model import CREDITCARD_FEATURES, expected_score, write_model
 
+from pipelines.options import OptionError, parse_and_validate
+from pipelines.score_events import OPTIONS, ScoreEventsOptions, build_pipeline
 from transforms.kafka_record import KafkaRecord
 from transforms.model_handler import SavedModelHandler
+from transforms.schema import bundled_schema_path
 from transforms.scoring import Prediction, ScoreEvents, _BatchWithinBundleFn
 
 SCORED_AT = 1_795_000_000.0  # 2026-11-18T11:06:40Z: a fixed scoring clock
@@ -145,3 +148,21 @@ def test_batches_stay_within_a_bundle_and_respect_size_and_wait() -> None:
     assert _batches(_BatchWithinBundleFn(3, 0.0), [1, 2]) == [[1], [2]]  # no wait: one each
     assert _batches(_BatchWithinBundleFn(100, 60.0), [1, 2]) == [[1, 2]]  # flushed at bundle end
     assert _batches(_BatchWithinBundleFn(3, None), []) == []
+
+
+def test_score_events_options_fail_fast_naming_the_flag(model_root: str) -> None:
+    base = [
+        "--bootstrapServers=127.0.0.1:9092",
+        "--inputTopic=tx",
+        "--startOffset=earliest",
+        f"--schemaPath={bundled_schema_path('creditcard')}",
+        f"--modelPath={model_root}",
+    ]
+    with pytest.raises(OptionError, match="--outputTopic"):
+        parse_and_validate(base, ScoreEventsOptions, OPTIONS)
+
+    opts = parse_and_validate(
+        [*base, "--outputTopic=out", "--modelPollSeconds=0"], ScoreEventsOptions, OPTIONS
+    )
+    with pytest.raises(OptionError, match="--modelPollSeconds"):
+        build_pipeline(beam.Pipeline(), opts)
