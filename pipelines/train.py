@@ -86,6 +86,14 @@ OPTIONS: tuple[Option, ...] = (
     # when --bootstrapServers is given.
     *(dataclasses.replace(option, required=False) for option in EXPORT_SOURCE),
     Option(
+        "stagingDir",
+        "Kafka staging directory",
+        "Where rows read from Kafka are staged as TFRecords, with their dead letters as JSON "
+        "lines (local or gs://). Default: a temporary directory removed after reading.",
+        example="gs://my-bucket/train-staging",
+        param_type="GCS_WRITE_FOLDER",
+    ),
+    Option(
         "transformDir",
         "tf.Transform directory",
         "Where the tf.Transform artifact lives; analyzed on the training split and written "
@@ -443,11 +451,16 @@ def _source_kind(values: Mapping[str, Any]) -> str:
     return chosen[0]
 
 
-def build_pipeline(p: beam.Pipeline, opts: PipelineOptions, staging_dir: str) -> Any:
-    """The trainer's Beam part: bounded Kafka → decode → staged TFRecords (+ dead letters)."""
+def build_pipeline(p: beam.Pipeline, opts: PipelineOptions) -> Any:
+    """The trainer's Beam part: bounded Kafka → decode → TFRecords + dead letters in
+    ``--stagingDir`` (``run`` reads them back and trains)."""
     from pipelines.training_data import build_staging_pipeline
 
-    return build_staging_pipeline(p, ExportSource.from_options(opts, EXPORT_SOURCE), staging_dir)
+    values = validate(opts, OPTIONS)
+    if not values.get("stagingDir"):
+        raise OptionError("--stagingDir is required to build the Kafka staging pipeline")
+    source = ExportSource.from_options(opts, EXPORT_SOURCE)
+    return build_staging_pipeline(p, source, values["stagingDir"])
 
 
 def load_rows(
@@ -474,8 +487,11 @@ def run(argv: Sequence[str] | None = None) -> TrainResult:
     values = validate(opts, OPTIONS)
     _source_kind(values)
     settings = _settings(values)
-    with tempfile.TemporaryDirectory(prefix="train-rows-") as staging_dir:
-        schema, rows = load_rows(opts, values, staging_dir)
+    if values.get("stagingDir"):
+        schema, rows = load_rows(opts, values, values["stagingDir"])
+    else:
+        with tempfile.TemporaryDirectory(prefix="train-rows-") as staging_dir:
+            schema, rows = load_rows(opts, values, staging_dir)
     result = train(rows, schema, settings)
     test = result.metrics["test"]
     _LOGGER.info(

@@ -85,10 +85,19 @@ def test_train_straight_from_kafka(kafka_bootstrap, kafka_config, topic_factory,
             f"--schemaPath={bundled_schema_path('creditcard')}",
             f"--transformDir={tmp_path / 'transform'}",
             f"--modelPath={tmp_path / 'models'}",
+            f"--stagingDir={tmp_path / 'staging'}",
             "--epochs=3",
             "--runner=FnApiRunner",
         ]
     )
+    letters = [
+        json.loads(line)
+        for path in (tmp_path / "staging" / "dead_letters").iterdir()
+        for line in path.read_text().splitlines()
+    ]
+    assert len(letters) == malformed
+    assert {letter["topic"] for letter in letters} == {topic}
+    assert all(letter["payload"] and letter["error_message"] for letter in letters)
     # Every well-formed message became a training row; the malformed ones were dead-lettered.
     assert sum(result.metrics["rows"].values()) == len(rows) - malformed
     newest = latest_version(str(tmp_path / "models"))
