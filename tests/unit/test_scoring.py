@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import apache_beam as beam
@@ -135,6 +136,14 @@ def test_prediction_json() -> None:
         "partition": 1,
         "offset": 7,
     }
+    odd = dataclasses.replace(prediction, key=None, event_id=42, score=1e-07, topic='t"x')
+    decoded = json.loads(odd.to_json())
+    assert (decoded["key"], decoded["event_id"], decoded["score"], decoded["topic"]) == (
+        None,
+        42,
+        1e-07,
+        't"x',
+    )
 
 
 def _batches(fn: _BatchWithinBundleFn, elements: list[int]) -> list[list[int]]:
