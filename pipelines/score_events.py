@@ -28,10 +28,9 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.export_common import EXPORT_SOURCE, ExportSource
+from pipelines.export_common import EXPORT_SOURCE, ExportRows, ExportSource
 from pipelines.options import Option, OptionError, options_class, parse_and_validate, validate
 from transforms.dead_letter import DeadLetter
-from transforms.decode import DecodeResult
 from transforms.kafka_config import redact_option_values
 from transforms.model_handler import SavedModelHandler
 from transforms.scoring import Prediction, ScoreEvents, ScoringResult
@@ -125,7 +124,7 @@ def build_pipeline(
     opts: PipelineOptions,
     *,
     model_handler: ModelHandler | None = None,
-) -> tuple[DecodeResult, ScoringResult]:
+) -> tuple[ExportRows, ScoringResult]:
     """Add the scoring graph to ``p``; returns the decoded and scored outputs (for tests).
 
     With ``--streaming`` the read is unbounded (live scoring); without it the backlog present
