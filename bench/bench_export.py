@@ -7,7 +7,9 @@ Produces ``--events`` credit-card JSON events to a fresh topic on the local brok
 * ``kafka_to_gcs``: ``pipelines.kafka_to_gcs.run`` — read → decode/validate → ``--filter`` →
   tf.Example TFRecord shards in a local directory (DirectRunner, this process);
 * ``kafka_to_bigquery``: ``pipelines.kafka_to_bigquery.run`` — the same source → streaming
-  inserts into the BigQuery emulator (``--bq-events`` of them: the emulator is the bottleneck).
+  inserts into the BigQuery emulator (``--bq-events`` of them: the emulator is the bottleneck);
+* ``insertAll loop``: the same rows, already decoded, sent with google-cloud-bigquery
+  ``insert_rows_json`` in batches of 500 — the emulator's own ceiling, for scale.
 
 Pipeline times include pipeline start-up. Needs the local stack (``scripts/stack.sh up``)::
 
@@ -28,11 +30,12 @@ from collections.abc import Callable
 import tensorflow  # noqa: F401 - imported up front so no timed run pays TF's import (5-20 s)
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from google.cloud import bigquery
 
 from pipelines import kafka_to_bigquery, kafka_to_gcs
 from transforms.gcp_endpoints import GcpEndpoints
 from transforms.kafka_config import LOCAL_BROKER_SETTINGS, KafkaConfig
-from transforms.schema import bundled_schema_path
+from transforms.schema import bundled_schema, bundled_schema_path
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -117,6 +120,31 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-export-") as out:
             kafka_to_gcs.run([*source, f"--inputTopic={topic}", f"--outputDirectory={out}"])
 
+    def insert_loop() -> None:
+        dataset = f"bench_{uuid.uuid4().hex[:8]}"
+        bq.create_dataset(dataset, retry=endpoints.bigquery_retry)
+        try:
+            table = bq.create_table(
+                bigquery.Table(
+                    f"{args.project}.{dataset}.events",
+                    schema=[
+                        bigquery.SchemaField.from_api_repr(f)
+                        for f in bundled_schema("creditcard").to_bigquery_json()["fields"]
+                    ],
+                )
+            )
+            rows = [json.loads(_event(i)) for i in range(args.bq_events)]
+            for start in range(0, len(rows), 500):
+                errors = bq.insert_rows_json(
+                    table,
+                    rows[start : start + 500],
+                    row_ids=[str(i) for i in range(start, min(start + 500, len(rows)))],
+                    retry=endpoints.bigquery_retry,
+                )
+                assert not errors, errors[:3]
+        finally:
+            bq.delete_dataset(dataset, delete_contents=True, retry=endpoints.bigquery_retry)
+
     def to_bigquery() -> None:
         dataset = f"bench_{uuid.uuid4().hex[:8]}"
         bq.create_dataset(dataset, retry=endpoints.bigquery_retry)
@@ -134,7 +162,7 @@ def main() -> None:
 
     print(f"medians of {args.repeats} runs:")
     try:
-        _report(args, config, topic, bq_topic, to_gcs, to_bigquery)
+        _report(args, config, topic, bq_topic, to_gcs, to_bigquery, insert_loop)
     finally:
         # Big topics make the shared noida-db rewrite a large snapshot after every change.
         AdminClient(config.producer_dict()).delete_topics([topic, bq_topic])
@@ -147,6 +175,7 @@ def _report(
     bq_topic: str,
     to_gcs: Callable[[], None],
     to_bigquery: Callable[[], None],
+    insert_loop: Callable[[], None],
 ) -> None:
     """Time the baseline and both pipelines; print medians and ratios."""
     base = _timed(
@@ -163,6 +192,7 @@ def _report(
     )
     gcs = _timed("kafka_to_gcs", args.repeats, args.events, to_gcs)
     bigquery = _timed("kafka_to_bigquery", args.repeats, args.bq_events, to_bigquery)
+    ceiling = _timed("insertAll loop", args.repeats, args.bq_events, insert_loop)
     print()
     print(f"{'path':<28}{'rows':>9}{'rows/s':>12}{'vs raw consume':>16}")
     print(f"{'raw consume (baseline)':<28}{args.events:>9}{base:>12,.0f}{1.0:>15.3f}x")
@@ -172,6 +202,11 @@ def _report(
         f"{'kafka_to_bigquery (emul.)':<28}{args.bq_events:>9}{bigquery:>12,.0f}"
         f"{bigquery / base_bq:>15.3f}x"
     )
+    print(
+        f"{'insertAll loop (emul.)':<28}{args.bq_events:>9}{ceiling:>12,.0f}"
+        f"{ceiling / base_bq:>15.3f}x"
+    )
+    print(f"kafka_to_bigquery / insertAll loop: {bigquery / ceiling:.3f}")
 
 
 if __name__ == "__main__":
