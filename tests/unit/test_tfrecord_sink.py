@@ -9,8 +9,11 @@ import os
 import apache_beam as beam
 import pytest
 import tensorflow as tf
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import TimestampedValue
 
 from transforms.schema import RowSchema
 from transforms.tfrecord_sink import (
@@ -153,3 +156,30 @@ def test_record_fields_are_refused_up_front():
     )
     with pytest.raises(ValueError, match="RECORD"):
         WriteTFRecords("/tmp/unused", nested)
+
+
+def test_unbounded_rows_are_written_per_window(tmp_path):
+    stream = (
+        TestStream()
+        .add_elements([TimestampedValue({"event_id": "a", "amount": 1.0}, 1)])
+        .add_elements([TimestampedValue({"event_id": "b", "amount": 2.0}, 12)])
+        .advance_watermark_to_infinity()
+    )
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    prefix = os.path.join(tmp_path, "part")
+    with TestPipeline(options=options) as p:
+        result = p | stream | WriteTFRecords(prefix, SCHEMA, triggering_frequency=10)
+        assert_that(result.dead_letters, equal_to([]), label="no dead letters")
+    shards = sorted(glob.glob(prefix + "*.tfrecord"))
+    assert len(shards) == 2, shards  # one per 10 s window
+    assert [r["event_id"] for r in _read_back(prefix + "*.tfrecord")] == [b"a", b"b"]
+    assert os.path.exists(os.path.join(tmp_path, SCHEMA_FILE))
+
+
+def test_unbounded_rows_need_a_triggering_frequency():
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    p = TestPipeline(options=options)
+    with pytest.raises(ValueError, match="triggering_frequency"):
+        _ = p | TestStream().advance_watermark_to_infinity() | WriteTFRecords("/tmp/x", SCHEMA)
