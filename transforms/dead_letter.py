@@ -90,7 +90,7 @@ class DeadLetter:
     @classmethod
     def from_row(
         cls,
-        row: Mapping[str, Any],
+        row: Mapping[str, Any] | tuple[KafkaRecord, Mapping[str, Any]],
         stage: str,
         error: BaseException | str,
         error_type: str = "",
@@ -99,8 +99,12 @@ class DeadLetter:
         """Dead letter for a decoded row a later stage (a sink) rejected.
 
         With its ``record`` the letter keeps the original Kafka bytes and coordinates; without,
-        the payload is the row as JSON (BYTES values base64-encoded).
+        the payload is the row as JSON (BYTES values base64-encoded). A ``(KafkaRecord, row)``
+        pair (``DecodeAndValidate.with_records()``) counts as a row with its record.
         """
+        if record is None and isinstance(row, tuple) and len(row) == 2:
+            if isinstance(row[0], KafkaRecord):
+                record = row[0]
         if record is not None:
             return cls.from_record(record, stage, error, error_type=error_type)
         if isinstance(error, BaseException):

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import time
 
+import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import kafka_to_bigquery, kafka_to_gcs
+from pipelines.export_common import _OnRow
 from pipelines.options import OptionError
+from transforms.filter_project import Filter
+from transforms.kafka_record import KafkaRecord
 from transforms.schema import bundled_schema_path
 
 SCHEMA = bundled_schema_path("creditcard")
@@ -154,3 +160,19 @@ def test_options_classes_expose_the_declared_flags_only():
     options = PipelineOptions([*BQ]).view_as(kafka_to_bigquery.KafkaToBigQueryOptions)
     assert options.outputTableSpec == "kafka-beam-ml-local:fraud.transactions"
     assert options.maxMessageBytes == 1_000_000
+
+
+def test_filter_failures_on_record_pairs_dead_letter_the_kafka_bytes():
+    source = _bq("--filter=Class >= 1")
+    pairs = [
+        (KafkaRecord("t", 0, offset, b"k", raw, 0), {"Class": label})
+        for offset, (raw, label) in enumerate([(b"one", 1), (b"zero", 0), (b"null", None)])
+    ]
+    with TestPipeline() as p:
+        kept = p | beam.Create(pairs) | Filter(_OnRow(source.row_filter)).with_dead_letters()
+        assert_that(kept.rows | beam.Map(lambda pair: pair[0].offset), equal_to([0]), label="rows")
+        assert_that(
+            kept.dead_letters | beam.Map(lambda d: (d.stage, d.error_type, d.payload, d.offset)),
+            equal_to([("filter", "TypeError", b"null", 2)]),
+            label="dead letters",
+        )
