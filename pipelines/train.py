@@ -46,6 +46,7 @@ from pipelines.artifact_files import download_tree, is_local, upload_tree
 from pipelines.export_common import EXPORT_SOURCE, TABLE_SPEC_REGEX, ExportSource
 from pipelines.options import Option, OptionError, options_class, validate
 from transforms.gcp_endpoints import GcpEndpoints
+from transforms.model_store import MODEL_INFO_FILE
 from transforms.schema import NUMERIC_TYPES, RowSchema
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "TrainSettings",
     "TrainResult",
     "build_pipeline",
+    "load_rows",
     "next_version",
     "split_of",
     "train",
@@ -63,7 +65,6 @@ __all__ = [
 _LOGGER = logging.getLogger(__name__)
 
 _SPLITS = ("train", "validation", "test")
-_MODEL_INFO = "model_info.json"
 
 OPTIONS: tuple[Option, ...] = (
     Option(
@@ -406,10 +407,10 @@ def train(
             "metrics": metrics["test"],
             "transform_dir": settings.transform_dir,
         }
-        with open(os.path.join(staging, _MODEL_INFO), "w", encoding="utf-8") as handle:
+        with open(os.path.join(staging, MODEL_INFO_FILE), "w", encoding="utf-8") as handle:
             json.dump(info, handle, indent=2)
         version_dir = FileSystems.join(settings.model_path, str(version))
-        upload_tree(staging, version_dir, last=_MODEL_INFO)
+        upload_tree(staging, version_dir, last=MODEL_INFO_FILE)
     _LOGGER.info("Exported model version %d to %s", version, version_dir)
     return TrainResult(
         version=version,

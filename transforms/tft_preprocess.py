@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Collection, Mapping
+from decimal import Decimal
 from typing import Any
 
 import apache_beam as beam
@@ -169,6 +170,13 @@ def raw_metadata(schema: RowSchema) -> dataset_metadata.DatasetMetadata:
     )
 
 
+def _decimal_to_float(name: str, value: str | Decimal) -> float:
+    try:
+        return float(value)
+    except ValueError as err:
+        raise ValueError(f"field {name!r}: expected a number, got {value!r}") from err
+
+
 def to_instance(row: Mapping[str, Any], schema: RowSchema) -> dict[str, Any]:
     """A decoded row as a tf.Transform instance dict; raises ValueError naming a bad field."""
     instance = {}
@@ -178,6 +186,8 @@ def to_instance(row: Mapping[str, Any], schema: RowSchema) -> dict[str, Any]:
             value = int(value)
         if value is None and field.required:
             raise ValueError(f"REQUIRED field {field.name!r} is missing")
+        if field.type == "NUMERIC" and isinstance(value, str | Decimal):
+            value = _decimal_to_float(field.name, value)  # row contract: decimal strings
         if isinstance(value, str):
             value = value.encode("utf-8")
         if field.type in NUMERIC_TYPES and value is not None and not isinstance(value, int | float):

@@ -161,3 +161,12 @@ def test_bad_declarations_and_rows_are_clear_errors() -> None:
     assert to_instance(ROWS[3], SCHEMA)["opt"] == [] and to_instance(ROWS[0], SCHEMA)["opt"] == [
         1.0
     ]
+
+
+def test_numeric_decimal_strings_become_floats() -> None:
+    schema = RowSchema.from_bigquery_json(
+        [{"name": "price", "type": "NUMERIC", "mode": "REQUIRED"}]
+    )
+    assert to_instance({"price": "12.50"}, schema) == {"price": 12.5}
+    with pytest.raises(ValueError, match="field 'price': expected a number"):
+        to_instance({"price": "twelve"}, schema)
