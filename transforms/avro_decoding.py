@@ -32,6 +32,25 @@ WIRE_FORMAT_MAGIC = 0
 _HEADER = struct.Struct(">bI")
 #: How long an unknown schema id is remembered before the registry is asked again.
 _UNKNOWN_ID_TTL_S = 60.0
+_MAX_DETAIL = 300
+
+
+def _fullname(schema: Any) -> str | None:
+    if not isinstance(schema, Mapping) or schema.get("type") != "record":
+        return None
+    name = schema.get("name", "")
+    namespace = schema.get("namespace")
+    return name if "." in name or not namespace else f"{namespace}.{name}"
+
+
+def _reader_for(reader: Mapping[str, Any], writer: Mapping[str, Any]) -> Any:
+    """The reader schema, aliased to the writer's record name so differently named but
+    compatible schemas resolve (Avro matches records by name; aliases are the spec's remedy)."""
+    writer_name, reader_name = _fullname(writer), _fullname(reader)
+    if writer_name and reader_name and writer_name != reader_name:
+        aliases = list(reader.get("aliases", ()))
+        reader = {**reader, "aliases": [*aliases, writer_name]}
+    return fastavro.parse_schema(dict(reader))
 
 
 def _read_record(payload: bytes, writer: Any, reader: Any | None, start: int = 0) -> Mapping:
@@ -40,8 +59,10 @@ def _read_record(payload: bytes, writer: Any, reader: Any | None, start: int = 0
     try:
         record = fastavro.schemaless_reader(buffer, writer, reader)
     except Exception as err:  # noqa: BLE001 - fastavro raises many types for corrupt input
+        detail = str(err)  # resolution errors print whole schemas: keep the letter readable
+        detail = detail if len(detail) <= _MAX_DETAIL else detail[:_MAX_DETAIL] + "…"
         raise Rejected(
-            _STAGE, Reason.INVALID_AVRO, f"cannot decode Avro: {type(err).__name__}: {err}"
+            _STAGE, Reason.INVALID_AVRO, f"cannot decode Avro: {type(err).__name__}: {detail}"
         ) from err
     if buffer.tell() != len(payload):
         raise Rejected(
@@ -82,8 +103,10 @@ class ConfluentAvroDecoder:
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
         self._client = SchemaRegistryClient({**(registry_config or {}), "url": registry_url})
-        self._reader = fastavro.parse_schema(dict(reader_schema)) if reader_schema else None
-        self._writers: dict[int, Any] = {}
+        if reader_schema is not None:
+            fastavro.parse_schema(dict(reader_schema))  # a bad reader schema fails here, once
+        self._reader_schema = reader_schema
+        self._schemas: dict[int, tuple[Any, Any]] = {}  # id → parsed (writer, reader)
         self._unknown: dict[int, float] = {}  # id → monotonic time it was found missing
 
     def __call__(self, payload: bytes) -> Mapping[str, Any]:
@@ -100,10 +123,10 @@ class ConfluentAvroDecoder:
                 Reason.BAD_WIRE_FORMAT,
                 f"magic byte is {magic & 0xFF:#04x}, not 0x00: not Confluent wire format",
             )
-        writer = self._writers.get(schema_id) or self._fetch(schema_id)
-        return _read_record(payload, writer, self._reader, start=_HEADER.size)
+        writer, reader = self._schemas.get(schema_id) or self._fetch(schema_id)
+        return _read_record(payload, writer, reader, start=_HEADER.size)
 
-    def _fetch(self, schema_id: int) -> Any:
+    def _fetch(self, schema_id: int) -> tuple[Any, Any]:
         from confluent_kafka.schema_registry.error import SchemaRegistryError
 
         missing_since = self._unknown.get(schema_id)
@@ -131,11 +154,13 @@ class ConfluentAvroDecoder:
                 f"schema id {schema_id} uses schema references, which are not supported",
             )
         try:
-            writer = fastavro.parse_schema(json.loads(registered.schema_str))
+            document = json.loads(registered.schema_str)
+            writer = fastavro.parse_schema(document)
         except Exception as err:  # noqa: BLE001 - JSON and fastavro parse errors alike
             raise Rejected(
                 _STAGE, Reason.UNSUPPORTED_SCHEMA, f"schema id {schema_id} does not parse: {err}"
             ) from err
+        reader = _reader_for(self._reader_schema, document) if self._reader_schema else None
         _LOGGER.info("Fetched Avro writer schema id %d from the registry", schema_id)
-        self._writers[schema_id] = writer
-        return writer
+        self._schemas[schema_id] = (writer, reader)
+        return writer, reader

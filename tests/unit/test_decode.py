@@ -350,6 +350,27 @@ def test_confluent_reader_schema_resolves_an_older_writer(registry):
     assert decoder(payload) == {"event_id": "e", "speed": 1.5, "note": ""}
 
 
+def test_a_reader_schema_with_another_record_name_still_resolves(registry):
+    """The pipeline's .avsc (CarSensorReading) reads records registered as to_avro()'s "Row"."""
+    reader = json.loads(open(bundled_schema_path("car_sensor", "avsc")).read())
+    fn = registry_fn(registry.url, avro_schema=reader)
+    assert run_fn(fn, record(framed(CAR_ID, AVRO_GOOD))) == [GOOD_ROW]
+
+
+def test_an_incompatible_reader_schema_gives_short_invalid_avro_letters(registry):
+    reader = {
+        "type": "record",
+        "name": "Row",
+        "namespace": "kafka_beam_ml",
+        "fields": [{"name": "car_id", "type": "long"}],  # string in the writer: not resolvable
+    }
+    (out,) = run_fn(
+        registry_fn(registry.url, avro_schema=reader), record(framed(CAR_ID, AVRO_GOOD))
+    )
+    assert out.value.error_type == Reason.INVALID_AVRO
+    assert len(out.value.error_message) < 400
+
+
 def test_interoperates_with_confluent_kafkas_own_avro_serializer(registry):
     """Bytes framed by confluent-kafka's AvroSerializer (auto-registering) decode to rows."""
     from confluent_kafka.schema_registry import SchemaRegistryClient
