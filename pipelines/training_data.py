@@ -104,12 +104,12 @@ def rows_from_tfrecords(
     pattern: str, schema: RowSchema | None = None
 ) -> tuple[RowSchema, list[dict[str, Any]]]:
     """Rows of the ``tf.Example`` shards matching ``pattern`` (schema: given or beside them)."""
+    files = _match(pattern)
     schema = schema or schema_beside(pattern)
     if schema is None:
         raise ValueError(
             f"no {SCHEMA_FILE} beside {pattern!r}: pass --schemaPath with the rows' schema"
         )
-    files = _match(pattern)
     serialized = _serialized_examples(files)
     spec = feature_spec(schema)
     dataset = (
