@@ -158,3 +158,34 @@ def test_split_is_stable_and_60_20_20() -> None:
     assert splits == [split_of(f"cc-0-{i:09d}") for i in range(20_000)]
     shares = {name: splits.count(name) / len(splits) for name in ("train", "validation", "test")}
     assert shares == pytest.approx({"train": 0.6, "validation": 0.2, "test": 0.2}, abs=0.02)
+
+
+def test_nullable_feature_is_nan_when_missing_in_serving(tmp_path) -> None:
+    from pipelines.synthetic_data import car_sensor_events
+
+    rows = list(car_sensor_events(1_500, seed=3, cars=5, anomaly_rate=0.02))
+    for row in rows[::40]:
+        row["latitude"] = None
+    features = ("speed_kmh", "engine_temp_c", "latitude")
+    settings = TrainSettings(
+        transform_dir=str(tmp_path / "transform"),
+        model_path=str(tmp_path / "models"),
+        label="is_anomaly",
+        features=features,
+        epochs=2,
+    )
+    result = train(rows, bundled_schema("car_sensor"), settings)
+    assert any(r["latitude"] is None for r in result.test_rows)
+
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(result.version_dir).signatures["serving_default"]
+    inputs = {
+        name: tf.constant(
+            [np.nan if r[name] is None else r[name] for r in result.test_rows], tf.float32
+        )
+        for name in features
+    }
+    scores = signature(**inputs)["score"].numpy()
+    assert np.isfinite(scores).all()
+    np.testing.assert_allclose(scores, result.test_scores, rtol=0, atol=1e-5)
