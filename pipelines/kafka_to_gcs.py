@@ -39,6 +39,7 @@ __all__ = [
     "KafkaToGcsOptions",
     "KafkaToGcsOutputs",
     "prepare",
+    "preflight",
     "build_pipeline",
     "run",
     "SHARD_PREFIX",
@@ -137,6 +138,31 @@ def prepare(options: PipelineOptions) -> ExportSource:
     return source
 
 
+def preflight(source: ExportSource) -> None:
+    """Fail at launch, naming the flag, when the output bucket is missing or GCS unreachable.
+
+    Without it a dead endpoint surfaces only when the shards are finalized, after the whole
+    read, and after Beam's 120 s retry.
+    """
+    from google.api_core.exceptions import GoogleAPIError
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    directory = source.values["outputDirectory"]
+    if not directory.startswith("gs://"):
+        return
+    bucket = directory[len("gs://") :].split("/", 1)[0]
+    retry = DEFAULT_RETRY.with_deadline(30) if source.endpoints.storage_emulated else DEFAULT_RETRY
+    try:
+        exists = source.endpoints.storage_client().bucket(bucket).exists(timeout=30, retry=retry)
+    except (GoogleAPIError, OSError) as err:
+        where = source.endpoints.storage_endpoint or "Google Cloud Storage"
+        raise OptionError(
+            f"--outputDirectory={directory!r}: {where} is not reachable: {err}"
+        ) from err
+    if not exists:
+        raise OptionError(f"--outputDirectory={directory!r}: bucket {bucket} does not exist")
+
+
 def build_pipeline(
     p: beam.Pipeline, options: PipelineOptions, source: ExportSource | None = None
 ) -> KafkaToGcsOutputs:
@@ -185,6 +211,7 @@ def run(argv: Sequence[str] | None = None) -> None:
     """Parse and check the options (errors name the flag), then run until done."""
     options = KafkaToGcsOptions(list(argv) if argv is not None else None)
     source = prepare(options)
+    preflight(source)
     with beam.Pipeline(options=options) as p:
         build_pipeline(p, options, source)
 

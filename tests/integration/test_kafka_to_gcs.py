@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
+import uuid
 
 import pytest
 import tensorflow as tf
@@ -16,6 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 from export_events import committed_total, creditcard_event, invalid_messages, produce
 
 from pipelines import kafka_to_gcs
+from pipelines.options import OptionError
 from transforms.schema import RowSchema, bundled_schema, bundled_schema_path
 from transforms.tfrecord_sink import feature_spec
 
@@ -98,3 +101,33 @@ def test_tfrecords_on_gcs_read_back_with_tf_data_and_dead_letters_beside(
     assert sorted(base64.b64decode(d["payload"]) for d in letters) == sorted(invalid)
     assert {d["topic"] for d in letters} == {topic}
     assert committed_total(kafka_config, topic, group_id, 3) == len(valid) + len(invalid)
+
+
+def test_missing_bucket_or_unreachable_storage_fail_at_launch_naming_the_flag(
+    stack_env, topic_factory, monkeypatch
+):
+    # --storageEndpoint re-points this process's gs:// filesystem: restore it after the test.
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", stack_env["STORAGE_EMULATOR_HOST"])
+    topic = topic_factory(partitions=1)
+    argv = [
+        f"--bootstrapServers={stack_env['KAFKA_BOOTSTRAP_SERVERS']}",
+        f"--inputTopic={topic}",
+        "--startOffset=earliest",
+        f"--schemaPath={bundled_schema_path('creditcard')}",
+        f"--project={stack_env['GOOGLE_CLOUD_PROJECT']}",
+    ]
+    bucket = f"no-such-bucket-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(OptionError, match=f"--outputDirectory.*bucket {bucket} does not exist"):
+        kafka_to_gcs.run(
+            [
+                *argv,
+                f"--outputDirectory=gs://{bucket}/x",
+                f"--storageEndpoint={stack_env['STORAGE_EMULATOR_HOST']}",
+            ]
+        )
+    started = time.monotonic()
+    with pytest.raises(OptionError, match="--outputDirectory.*not reachable"):
+        kafka_to_gcs.run(
+            [*argv, "--outputDirectory=gs://any/x", "--storageEndpoint=http://127.0.0.1:9"]
+        )
+    assert time.monotonic() - started < 45
