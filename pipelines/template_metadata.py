@@ -3,7 +3,7 @@
 Template-level facts (folder name, title, description, streaming, pipeline module) live in the
 small :data:`TEMPLATES` registry; every parameter comes from the pipeline's :class:`Option` list,
 so ``templates/<name>/metadata.json`` cannot drift from the flags the pipeline really parses.
-The same code renders the parameter tables in ``docs/templates.md`` and, through
+The same code renders the parameter tables in ``docs/templates.md`` and ``README.md`` and, through
 :mod:`pipelines.template_image`, each template's ``Dockerfile``/``main.py``, the shared
 ``templates/requirements.txt`` and ``cloudbuild.yaml``.
 
@@ -33,7 +33,7 @@ from pipelines.options import Option
 __all__ = [
     "REPO_ROOT",
     "TEMPLATES_DIR",
-    "DOC_PATH",
+    "DOC_PATHS",
     "Template",
     "TEMPLATES",
     "get_template",
@@ -52,7 +52,8 @@ _LOGGER = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = REPO_ROOT / "templates"
-DOC_PATH = REPO_ROOT / "docs" / "templates.md"
+#: Documents with a generated parameter-table block (between the markers below).
+DOC_PATHS = (REPO_ROOT / "docs" / "templates.md", REPO_ROOT / "README.md")
 
 _DOC_BEGIN = "<!-- BEGIN GENERATED PARAMETERS (python -m pipelines.template_metadata --write) -->"
 _DOC_END = "<!-- END GENERATED PARAMETERS -->"
@@ -279,7 +280,7 @@ def render_doc(current: str, metadata_by_template: Mapping[Template, Mapping[str
     start = current.find(_DOC_BEGIN)
     end = current.find(_DOC_END)
     if start < 0 or end < start:
-        raise ValueError(f"{DOC_PATH} lacks the markers {_DOC_BEGIN!r} … {_DOC_END!r}")
+        raise ValueError(f"the document lacks the markers {_DOC_BEGIN!r} … {_DOC_END!r}")
     sections = []
     for template, metadata in metadata_by_template.items():
         mode = "streaming" if template.streaming else "batch"
@@ -311,7 +312,8 @@ def generated_files() -> dict[Path, str]:
         files[template.directory / "main.py"] = template_image.main_py(template)
         files[template.directory / "Dockerfile"] = template_image.dockerfile(template)
     files[template_image.CLOUDBUILD_PATH] = template_image.cloudbuild_yaml(TEMPLATES)
-    files[DOC_PATH] = render_doc(DOC_PATH.read_text(encoding="utf-8"), metadata_by_template)
+    for path in DOC_PATHS:
+        files[path] = render_doc(path.read_text(encoding="utf-8"), metadata_by_template)
     return files
 
 
