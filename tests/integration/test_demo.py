@@ -19,7 +19,17 @@ def _processes_mentioning(text: str) -> list[str]:
     return [line for line in listing.splitlines() if text in line and "ps -eo" not in line]
 
 
-def test_demo_accounts_for_every_event_and_leaves_nothing_running(stack_env, tmp_path):
+def _delete_topics(kafka_config, topics: list[str]) -> None:
+    """The demo keeps its topics for users to inspect; the test removes them (broker state)."""
+    from confluent_kafka.admin import AdminClient
+
+    for future in AdminClient(kafka_config.producer_dict()).delete_topics(topics).values():
+        future.result(timeout=10)
+
+
+def test_demo_accounts_for_every_event_and_leaves_nothing_running(
+    stack_env, kafka_config, tmp_path
+):
     result = subprocess.run(
         [
             sys.executable,
@@ -42,6 +52,7 @@ def test_demo_accounts_for_every_event_and_leaves_nothing_running(stack_env, tmp
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (summary_path,) = tmp_path.glob("*/summary.json")
     summary = json.loads(summary_path.read_text())
+    _delete_topics(kafka_config, list(summary["topics"].values()))
 
     # Every live event has an outcome: a prediction or a dead letter; malformed ones are dead.
     assert summary["live_events_in"] == 700
