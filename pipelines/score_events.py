@@ -33,6 +33,8 @@ from pipelines.options import Option, OptionError, options_class, parse_and_vali
 from transforms.dead_letter import DeadLetter
 from transforms.kafka_config import redact_option_values
 from transforms.model_handler import SavedModelHandler
+from transforms.model_store import ModelInfo, ModelStoreError, latest_version, read_model_info
+from transforms.schema import RowSchema
 from transforms.scoring import Prediction, ScoreEvents, ScoringResult
 from transforms.write_to_kafka import WriteToKafka
 
@@ -103,8 +105,26 @@ ScoreEventsOptions = options_class("ScoreEventsOptions", OPTIONS)
 _STREAM_BATCH_WAIT_S = 0.05
 _STREAM_BUNDLE_S = 0.1
 
+#: Field copied into each prediction when model_info.json names no id field.
+_DEFAULT_ID_FIELD = "event_id"
+
 #: Outputs (predictions, alerts, dead letters) keep the input event's Kafka key.
 _KEY = operator.attrgetter("key")
+
+
+def _check_model(model_path: str, schema: RowSchema) -> ModelInfo:
+    """The newest version's model_info, checked against the schema before any work starts."""
+    try:
+        info = read_model_info(latest_version(model_path).path)
+    except (ModelStoreError, OSError) as err:
+        raise OptionError(f"--modelPath={model_path!r}: {err}") from err
+    missing = [name for name in info.features if name not in schema]
+    if missing:
+        raise OptionError(
+            f"--modelPath={model_path!r}: model version {info.version} needs features "
+            f"{missing} that --schemaPath does not declare"
+        )
+    return info
 
 
 def _log_dead_letter(letter: DeadLetter) -> None:
@@ -136,6 +156,7 @@ def build_pipeline(
     values = source.values
     if values["modelPollSeconds"] <= 0:
         raise OptionError(f"--modelPollSeconds must be > 0, got {values['modelPollSeconds']}")
+    info = _check_model(values["modelPath"], source.schema)
     config = source.kafka
     # Streaming: short reader bundles, since on the local runner outputs leave about a bundle late.
     reader_options = {"max_process_s": _STREAM_BUNDLE_S} if source.streaming else {}
@@ -148,7 +169,9 @@ def build_pipeline(
         )
     # A stream bounds the wait for a batch (latency); a batch job fills batches (throughput).
     scored = decoded.rows | "ScoreEvents" >> ScoreEvents(
-        model_handler, max_batch_wait_s=_STREAM_BATCH_WAIT_S if source.streaming else None
+        model_handler,
+        id_field=info.id_field or _DEFAULT_ID_FIELD,
+        max_batch_wait_s=_STREAM_BATCH_WAIT_S if source.streaming else None,
     )
 
     _ = scored.predictions | "WritePredictions" >> WriteToKafka(

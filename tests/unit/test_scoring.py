@@ -175,3 +175,24 @@ def test_score_events_options_fail_fast_naming_the_flag(model_root: str) -> None
     )
     with pytest.raises(OptionError, match="--modelPollSeconds"):
         build_pipeline(beam.Pipeline(), opts)
+
+
+def test_score_events_checks_the_model_against_the_schema_at_launch(
+    model_root: str, tmp_path
+) -> None:
+    def launch(model_path: str, schema: str) -> None:
+        argv = [
+            "--bootstrapServers=127.0.0.1:9092",
+            "--inputTopic=tx",
+            "--outputTopic=out",
+            "--startOffset=earliest",
+            f"--schemaPath={bundled_schema_path(schema)}",
+            f"--modelPath={model_path}",
+        ]
+        build_pipeline(beam.Pipeline(), parse_and_validate(argv, ScoreEventsOptions, OPTIONS))
+
+    with pytest.raises(OptionError, match="--modelPath=.*no complete model version"):
+        launch(str(tmp_path), "creditcard")
+    with pytest.raises(OptionError, match=r"needs features \['Time', 'V1'"):
+        launch(model_root, "car_sensor")
+    launch(model_root, "creditcard")  # builds
