@@ -1,5 +1,7 @@
 """Benchmark: ReadFromKafka → Count on the DirectRunner vs a raw confluent-kafka consume loop.
 
+Also times ``ReadFromKafka(...).batched()`` (one list per polled batch) → sum of lengths.
+
 Same run, same broker, same topic: produces N small messages once (default 1M), waits for the
 broker to settle (noida-db rewrites its state after writes), then times each reader R times
 (default 3) and prints msgs/s per repetition, the medians and the ratio (target >= 0.5).
@@ -74,16 +76,18 @@ def raw_consume(bootstrap: str, topic: str, count: int, partitions: int) -> Time
     return timer
 
 
-def beam_read(bootstrap: str, topic: str, count: int) -> Timer:
+def beam_read(bootstrap: str, topic: str, count: int, *, batched: bool) -> Timer:
+    """ReadFromKafka → count on the DirectRunner; ``batched`` counts ``.batched()`` lists."""
     config = KafkaConfig(bootstrap_servers=bootstrap).with_extra(LOCAL_BROKER_SETTINGS)
+    read = ReadFromKafka(config, topic, start="earliest", stop="end_at_launch")
     with Timer() as timer:
         p = beam.Pipeline()
-        _ = (
-            p
-            | ReadFromKafka(config, topic, start="earliest", stop="end_at_launch")
-            | beam.combiners.Count.Globally()
-            | beam.Map(lambda n: Metrics.counter("bench", "records").inc(n))
-        )
+        if batched:
+            sizes = p | read.batched() | beam.Map(len)
+            total = sizes | beam.CombineGlobally(sum)
+        else:
+            total = p | read | beam.combiners.Count.Globally()
+        _ = total | beam.Map(lambda n: Metrics.counter("bench", "records").inc(n))
         result = p.run()
         result.wait_until_finish()
     query = result.metrics().query(MetricsFilter().with_name("records"))
@@ -106,28 +110,41 @@ def main() -> None:
     rate = produce(admin, args.bootstrap, topic, args.count, args.partitions)
     print(f"produced {args.count} messages to {topic}: {rate:,.0f} msgs/s")
     time.sleep(args.settle_s)
-    raw_runs, beam_runs = [], []
+    readers = {
+        "raw consume loop": lambda: raw_consume(args.bootstrap, topic, args.count, args.partitions),
+        "ReadFromKafka → Count": lambda: beam_read(
+            args.bootstrap, topic, args.count, batched=False
+        ),
+        ".batched() → sum(len)": lambda: beam_read(args.bootstrap, topic, args.count, batched=True),
+    }
+    runs: dict[str, list[Timer]] = {name: [] for name in readers}
     try:
         for rep in range(args.repetitions):
-            raw_runs.append(raw_consume(args.bootstrap, topic, args.count, args.partitions))
-            beam_runs.append(beam_read(args.bootstrap, topic, args.count))
-            raw, read = raw_runs[-1], beam_runs[-1]
+            for name, read in readers.items():
+                runs[name].append(read())
             print(
-                f"rep {rep + 1}: raw {args.count / raw.wall:,.0f} msgs/s "
-                f"({args.count / raw.cpu:,.0f}/CPU-s), ReadFromKafka "
-                f"{args.count / read.wall:,.0f} msgs/s ({args.count / read.cpu:,.0f}/CPU-s)"
+                f"rep {rep + 1}: "
+                + ", ".join(
+                    f"{name} {args.count / timers[-1].wall:,.0f} msgs/s "
+                    f"({args.count / timers[-1].cpu:,.0f}/CPU-s)"
+                    for name, timers in runs.items()
+                )
             )
     finally:
         admin.delete_topics([topic])[topic].result(30)
     medians = {}
-    for name, timers in (("raw consume loop", raw_runs), ("ReadFromKafka → Count", beam_runs)):
+    for name, timers in runs.items():
         wall = args.count / statistics.median(t.wall for t in timers)
         cpu = args.count / statistics.median(t.cpu for t in timers)
         medians[name] = (wall, cpu)
         print(f"median {name:22}: {wall:,.0f} msgs/s, {cpu:,.0f} msgs/CPU-s")
-    (raw_wall, raw_cpu), (beam_wall, beam_cpu) = medians.values()
-    print(f"ratio ReadFromKafka/raw : {beam_wall / raw_wall:.2f} wall-clock (target >= 0.5)")
-    print(f"                          {beam_cpu / raw_cpu:.2f} per CPU-second")
+    raw_wall, raw_cpu = medians["raw consume loop"]
+    for name in list(readers)[1:]:
+        wall, cpu = medians[name]
+        print(
+            f"ratio {name} / raw: {wall / raw_wall:.2f} wall-clock (target >= 0.5), "
+            f"{cpu / raw_cpu:.2f} per CPU-second"
+        )
 
 
 if __name__ == "__main__":

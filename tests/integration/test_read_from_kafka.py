@@ -252,20 +252,23 @@ def test_kill_9_mid_run_and_restart_loses_nothing(
     kafka_bootstrap, topic_factory, group_id, tmp_path
 ):
     topic = topic_factory(partitions=3)
-    count = 1500
+    count = 2400
     produced = _produce(kafka_bootstrap, topic, count)
     out = tmp_path / "out.txt"
-    # Small polls and a slow sink: many bundles, so some commit before the kill.
+    # Small polls and a slow sink (~0.6 s of records per bundle): many bundles. Kill as soon as
+    # the first bundle's offsets are committed, i.e. in the middle of a later bundle.
     args = ("--group", group_id, "--bounded", "--delay-s", "0.001", "--batch-size", "50")
     proc = _pipeline_process(kafka_bootstrap, topic, out, *args)
     try:
-        _wait_for(lambda: len(_read_file(out)) >= count // 3, 90, "a third of the records")
+        _wait_for(
+            lambda: sum(max(c, 0) for c in _committed(kafka_bootstrap, group_id, topic)) > 0,
+            90,
+            "the first committed offsets",
+        )
     finally:
         _kill(proc)  # SIGKILL mid-run: no finish_bundle, no commit for the open bundle
     before_restart = len(_read_file(out))
     assert before_restart < count, "the run finished before it could be killed"
-    committed = _committed(kafka_bootstrap, group_id, topic)
-    assert sum(max(c, 0) for c in committed) > 0, "no bundle committed before the kill"
     proc = _pipeline_process(kafka_bootstrap, topic, out, *args)
     try:
         proc.wait(120)

@@ -478,8 +478,13 @@ def test_event_time_is_the_kafka_timestamp(cluster):
 # ---------------------------------------------------------------- the DoFn, one process() at a time
 
 
+def _offsets(batches) -> list[int]:
+    return [record.offset for batch in batches for record in batch.value]
+
+
 def _process(fn, plan, restriction, estimator_state=None):
-    """One process() call as the runner makes it: returns outputs, tracker, estimator, finalizer."""
+    """One process() call as the runner makes it: returns the batches it emitted, the tracker,
+    the watermark estimator and the bundle finalizer."""
     tracker = ThreadsafeRestrictionTracker(KafkaOffsetTracker(restriction, PartitionBacklog()))
     estimator = ThreadsafeWatermarkEstimator(KafkaWatermarkEstimator(estimator_state))
     finalizer = beam.DoFn.BundleFinalizerParam()
@@ -511,10 +516,14 @@ def test_unbounded_read_checkpoints_advances_idle_watermark_and_commits_on_final
     outputs, tracker, estimator, finalizer = _process(
         fn, plan, PartitionOffsetRange(0, UNBOUNDED_OFFSET, "events", 0)
     )
-    assert [wv.value.offset for wv in outputs] == list(range(20))
-    assert [wv.timestamp.micros for wv in outputs] == [
-        (1_000_000 + 10 * o) * 1000 for o in range(20)
+    assert _offsets(outputs) == list(range(20))
+    # One element per poll (batch_size=8), at the batch's earliest record time.
+    assert [[r.offset for r in wv.value] for wv in outputs] == [
+        list(range(0, 8)),
+        list(range(8, 16)),
+        list(range(16, 20)),
     ]
+    assert [wv.timestamp.micros // 1000 for wv in outputs] == [1_000_000, 1_000_080, 1_000_160]
     residual, _delay = tracker.deferred_status()
     assert residual == PartitionOffsetRange(20, UNBOUNDED_OFFSET, "events", 0)
     # Caught up at the end offset: the watermark moved to about now - 2 s, past every record.
@@ -528,7 +537,7 @@ def test_unbounded_read_checkpoints_advances_idle_watermark_and_commits_on_final
     outputs, tracker, estimator, finalizer = _process(
         fn, plan, residual, estimator.get_estimator_state()
     )
-    assert [wv.value.offset for wv in outputs] == [20, 21, 22, 23, 24]
+    assert _offsets(outputs) == [20, 21, 22, 23, 24]
     assert tracker.deferred_status()[0].start == 25
     finalizer.finalize_bundle()
     assert cluster.committed == {("g", "events", 0): 25}
@@ -541,13 +550,13 @@ def test_pending_stop_time_ends_the_partition_once_caught_up(cluster):
     outputs, tracker, _, finalizer = _process(
         fn, plan, PartitionOffsetRange(0, UNBOUNDED_OFFSET, "events", 1)
     )
-    assert len(outputs) == 20
+    assert _offsets(outputs) == list(range(20))
     assert tracker.deferred_status() is None  # finished, not checkpointed
     assert not finalizer.has_callbacks()  # no group: nothing to commit
 
 
 def test_a_failed_bundle_is_re_read_from_its_start(cluster):
-    """Downstream fails mid-batch: the cached consumer must not continue past what was emitted."""
+    """Downstream fails on a batch: the cached consumer must not continue past it on retry."""
     fn = _read_fn(cluster)
     plan = PartitionPlan("events", 2, 0, UNBOUNDED_OFFSET, end_offset_at_launch=20)
     restriction = PartitionOffsetRange(0, UNBOUNDED_OFFSET, "events", 2)
@@ -560,10 +569,10 @@ def test_a_failed_bundle_is_re_read_from_its_start(cluster):
         RestrictionTrackerView(tracker),
         estimator,
     )
-    assert [next(outputs).value.offset for _ in range(3)] == [0, 1, 2]
-    outputs.close()  # the bundle failed: the runner retries the same restriction
+    assert [r.offset for r in next(outputs).value] == list(range(8))
+    outputs.close()  # the bundle failed downstream: the runner retries the same restriction
     retried, _, _, _ = _process(fn, plan, restriction)
-    assert [wv.value.offset for wv in retried] == list(range(20))
+    assert _offsets(retried) == list(range(20))
 
 
 class _ErrorMessage:
@@ -623,7 +632,7 @@ def test_offsets_before_the_range_after_a_client_reset_are_not_re_emitted(cluste
     reader.position_at(12)
     reader.consumer.assign([TopicPartition("events", 0, 3)])  # what a reset to earlier does
     outputs, _, _, _ = _process(fn, plan, restriction)
-    assert [wv.value.offset for wv in outputs] == [12, 13, 14]
+    assert _offsets(outputs) == [12, 13, 14]
 
 
 def test_committed_offset_past_the_log_end_falls_back(cluster):
@@ -647,3 +656,28 @@ def test_output_is_unbounded_only_without_a_stop():
     capped = p | "Capped" >> ReadFromKafka(CONFIG, "t", start="earliest", max_records=5)
     assert (stream.is_bounded, backfill.is_bounded, capped.is_bounded) == (False, True, True)
     assert stream.element_type is KafkaRecord
+
+
+def test_batched_emits_lists_of_one_partition_in_offset_order(cluster):
+    expected = [_record(m) for log in cluster.topics["events"] for m in log]
+    with TestPipeline() as p:
+        batches = (
+            p
+            | ReadFromKafka(
+                CONFIG,
+                "events",
+                start="earliest",
+                stop="end_at_launch",
+                batch_size=6,
+                consumer_factory=cluster.factory(),
+            ).batched()
+        )
+        assert_that(batches | beam.FlatMap(lambda b: b), equal_to(expected), label="Records")
+        ordered = batches | beam.Map(
+            lambda b: (
+                len({r.partition for r in b}) == 1
+                and [r.offset for r in b] == sorted(r.offset for r in b)
+                and 0 < len(b) <= 6
+            )
+        )
+        assert_that(ordered | beam.Distinct(), equal_to([True]), label="Batches")
