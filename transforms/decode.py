@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import apache_beam as beam
+import orjson
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
@@ -72,6 +73,21 @@ def _decode_json(payload: bytes) -> Mapping[str, Any]:
             f"JSON value is a {type(document).__name__}, not an object",
         )
     return document
+
+
+def _fast_json_row(payload: bytes, validator: RowValidator) -> dict[str, Any] | None:
+    """The row of a well-formed JSON message, or None: then the exact path decides.
+
+    :mod:`orjson` parses ~4x faster than :mod:`json` and refuses everything the exact path
+    would reject or read differently (NaN/Infinity, invalid UTF-8, lone surrogates, numbers that
+    overflow); integers beyond 64 bits come back as floats, which ``validate_fast`` refuses.
+    Duplicate keys keep the last value in both.
+    """
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return validator.validate_fast(document) if type(document) is dict else None
 
 
 class _Counters:
@@ -128,6 +144,7 @@ class _DecodeFn(beam.DoFn):
                 registry_config=self._registry_config,
             )
         self._validator = RowValidator(self._schema, self._unknown_fields)
+        self._fast_json = self._format == "JSON"
         self._counters = _Counters()
         _LOGGER.info(
             "Decoding %s into rows of %d fields (unknown fields: %s)",
@@ -147,7 +164,9 @@ class _DecodeFn(beam.DoFn):
                     Reason.OVERSIZE,
                     f"value is {len(payload)} bytes, over the {self._max_bytes}-byte limit",
                 )
-            row = self._validator.validate(self._decode(payload))
+            row = _fast_json_row(payload, self._validator) if self._fast_json else None
+            if row is None:
+                row = self._validator.validate(self._decode(payload))
         except Rejected as err:
             self._counters.rejected(err.reason)
             _LOGGER.debug(

@@ -23,6 +23,11 @@ Modes: a REQUIRED field must be present and non-null; a missing NULLABLE field b
 a REPEATED field must be a list (missing or null → ``[]``, BigQuery's meaning) with no null items.
 Every row returned has exactly the schema's fields, in order. Fields the schema does not declare
 are rejected (``unknown_fields="reject"``) or dropped (``"ignore"``).
+
+:meth:`RowValidator.validate_fast` is the same check for the common case only, compiled once per
+schema into one straight-line function (the generic loop cost more than the JSON parse on the
+scorer's hot path); it gives up (``None``) on anything unusual and the caller then runs
+:meth:`RowValidator.validate`, the one place that explains rejections.
 """
 
 from __future__ import annotations
@@ -46,6 +51,15 @@ UNKNOWN_FIELD_POLICIES = ("reject", "ignore")
 _STAGE = "validate"
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _NUMERIC_MAX_INTEGER_DIGITS, _NUMERIC_MAX_SCALE = 29, 9
+#: The fast path accepts floats only below this magnitude: orjson turns integers beyond 64 bits
+#: into floats, which the exact path must see as the ints the standard json module makes.
+_FAST_FLOAT_LIMIT = 2.0**63
+#: Scalar types the compiled fast path checks inline; the others call their converter.
+_FAST_INLINE = {
+    "STRING": "type({v}) is str",
+    "BOOLEAN": "type({v}) is bool",
+    "INTEGER": "type({v}) is int and _INT64_MIN <= {v} <= _INT64_MAX",
+}
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 
 
@@ -207,6 +221,15 @@ class RowValidator:
             (f.name, f.required, f.repeated, self._converter(f)) for f in schema.fields
         )
         self._names = frozenset(schema.names)
+        self._fast = _compile_fast_path(schema, self._reject_unknown, self._names)
+
+    def validate_fast(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The row :meth:`validate` would return, or None when it takes the exact path to know.
+
+        Only for parsed JSON objects (ints exact, floats under 2**63 as :mod:`orjson` gives
+        them); None for any problem, unusual value, or a schema with RECORD/REPEATED fields.
+        """
+        return None if self._fast is None else self._fast(obj)
 
     def _converter(self, field: Field) -> Callable[[Any], Any]:
         if field.type != "RECORD":
@@ -255,3 +278,74 @@ class RowValidator:
             message = "; ".join(f"{name}: {err.message}" for name, err in errors)
             raise Rejected(_STAGE, errors[0][1].reason, message)
         return row
+
+
+class _GiveUp(Exception):
+    """The fast path cannot vouch for a value; the exact path decides."""
+
+
+def _fast_float(value: Any) -> float:
+    if type(value) is float and -_FAST_FLOAT_LIMIT < value < _FAST_FLOAT_LIMIT:  # also not NaN
+        return value
+    if type(value) is int and -_FAST_FLOAT_LIMIT <= value <= _FAST_FLOAT_LIMIT:
+        return float(value)
+    raise _GiveUp
+
+
+def _fast_converter(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def fast(value: Any) -> Any:
+        if type(value) is float and not -_FAST_FLOAT_LIMIT < value < _FAST_FLOAT_LIMIT:
+            raise _GiveUp
+        try:
+            return convert(value)
+        except _FieldError:
+            raise _GiveUp from None
+
+    return fast
+
+
+def _compile_fast_path(
+    schema: RowSchema, reject_unknown: bool, names: frozenset[str]
+) -> Callable[[Mapping[str, Any]], dict[str, Any] | None] | None:
+    """One generated function checking every field inline (no per-field call or dispatch)."""
+    if any(f.type == "RECORD" or f.repeated for f in schema.fields):
+        return None
+    namespace: dict[str, Any] = {
+        "_INT64_MIN": _INT64_MIN,
+        "_INT64_MAX": _INT64_MAX,
+        "_GiveUp": _GiveUp,
+        "_names": names,
+        "_float": _fast_float,
+        "_LIMIT": _FAST_FLOAT_LIMIT,
+    }
+    lines = ["def fast(obj):", "    get = obj.get", "    try:"]
+    values = []
+    for i, field in enumerate(schema.fields):
+        v = f"v{i}"
+        values.append(f"n{i}: {v}")
+        namespace[f"n{i}"] = field.name
+        lines.append(f"        {v} = get(n{i})")
+        if field.type in _FAST_INLINE:
+            check = _FAST_INLINE[field.type].format(v=v)
+            allow_null = "" if field.required else f"{v} is not None and "
+            lines.append(f"        if {allow_null}not ({check}): return None")
+            continue
+        if field.type == "FLOAT":  # the common finite float inline, anything else in _float
+            check = f"(type({v}) is not float or not -_LIMIT < {v} < _LIMIT)"
+            allow_null = "" if field.required else f"{v} is not None and "
+            lines.append(f"        if {allow_null}{check}: {v} = _float({v})")
+            continue
+        else:
+            namespace[f"c{i}"] = _fast_converter(_SCALARS[field.type])
+            convert = f"{v} = c{i}({v})"
+        if field.required:
+            lines.append(f"        {convert}")
+        else:
+            lines.append(f"        if {v} is not None: {convert}")
+    lines.append("    except _GiveUp:")
+    lines.append("        return None")
+    if reject_unknown:
+        lines.append("    if not _names.issuperset(obj): return None")
+    lines.append(f"    return {{{', '.join(values)}}}")
+    exec("\n".join(lines), namespace)  # noqa: S102 - code built above from field positions only
+    return namespace["fast"]

@@ -10,6 +10,7 @@ import struct
 
 import apache_beam as beam
 import fastavro
+import orjson
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -106,6 +107,11 @@ DEAD_LETTER_CASES = [
     pytest.param(js({**GOOD, "speed_kmh": False}), "validate", Reason.WRONG_TYPE, id="bool-float"),
     pytest.param(js({**GOOD, "car_id": 7}), "validate", Reason.WRONG_TYPE, id="int-string"),
     pytest.param(js({**GOOD, "is_anomaly": 2**63}), "validate", Reason.OUT_OF_RANGE, id="int64"),
+    pytest.param(js({**GOOD, "is_anomaly": 2**64}), "validate", Reason.OUT_OF_RANGE, id="uint64"),
+    pytest.param(
+        js({**GOOD, "is_anomaly": -(2**63) - 1}), "validate", Reason.OUT_OF_RANGE, id="i64-"
+    ),
+    pytest.param(js({**GOOD, "is_anomaly": 10**30}), "validate", Reason.OUT_OF_RANGE, id="bigint"),
     pytest.param(
         js({**GOOD, "event_time": "2026-11-22T01:02:03"}),
         "validate",
@@ -166,6 +172,42 @@ def test_a_dead_letter_names_every_bad_field():
 
 def test_good_json_is_normalised_to_a_full_row():
     assert run_fn(json_fn(), record(js(GOOD))) == [GOOD_ROW]
+
+
+@pytest.mark.parametrize(
+    ("payload", "stage", "reason"), [c for c in DEAD_LETTER_CASES if c.values[1] == "validate"]
+)
+def test_the_fast_path_gives_up_on_every_bad_value(payload, stage, reason):
+    """validate_fast never accepts what validate rejects (the decoder then explains it)."""
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return  # orjson refuses it outright: the exact path runs
+    assert RowValidator(CAR).validate_fast(document) is None
+
+
+def test_the_fast_path_returns_the_exact_paths_rows():
+    validator = RowValidator(CAR)
+    for obj in (GOOD, {**GOOD, "longitude": 2, "is_anomaly": 1, "event_time": 1.5e9}):
+        fast = validator.validate_fast(orjson.loads(js(obj)))
+        exact = validator.validate(json.loads(js(obj)))
+        assert fast == exact
+        assert list(fast) == list(exact)
+        assert [type(v) for v in fast.values()] == [type(v) for v in exact.values()]
+    nested = RowSchema.from_bigquery_json(
+        [{"name": "pos", "type": "RECORD", "fields": [{"name": "lat", "type": "FLOAT"}]}]
+    )
+    assert RowValidator(nested).validate_fast({"pos": {"lat": 1.0}}) is None  # exact path only
+
+
+def test_json_numbers_beyond_64_bits_and_duplicate_keys_decode_like_the_json_module():
+    schema = RowSchema.from_bigquery_json(
+        [{"name": "n", "type": "NUMERIC"}, {"name": "f", "type": "FLOAT"}]
+    )
+    fn = json_fn(schema=schema)
+    big = b'{"n": 99999999999999999999, "f": 123456789012345678901234567890}'
+    assert run_fn(fn, record(big)) == [{"n": "99999999999999999999", "f": 1.2345678901234568e29}]
+    assert run_fn(fn, record(b'{"n": 1, "f": 2.5, "f": -0.5}')) == [{"n": "1", "f": -0.5}]
 
 
 def test_unknown_fields_ignore_drops_them():
