@@ -9,6 +9,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms import window
 from tiny_anomaly_model import CREDITCARD_FEATURES, expected_score, write_model
 
 from pipelines.options import OptionError, parse_and_validate
@@ -16,7 +17,7 @@ from pipelines.score_events import OPTIONS, ScoreEventsOptions, build_pipeline
 from transforms.kafka_record import KafkaRecord
 from transforms.model_handler import SavedModelHandler
 from transforms.schema import bundled_schema_path
-from transforms.scoring import Prediction, ScoreEvents, _BatchWithinBundleFn
+from transforms.scoring import Prediction, ScoreEvents, _Batch, _BatchCoder, _BatchWithinBundleFn
 
 SCORED_AT = 1_795_000_000.0  # 2026-11-18T11:06:40Z: a fixed scoring clock
 THRESHOLD = 1.5
@@ -108,6 +109,22 @@ def test_threshold_override_and_event_time_is_restored(model_root: str) -> None:
         )
 
 
+def test_windowed_input_is_refused_at_construction(model_root: str) -> None:
+    p = TestPipeline()
+    windowed = p | beam.Create([_event(0, 0.1)]) | beam.WindowInto(window.FixedWindows(1))
+    with pytest.raises(ValueError, match="globally windowed"):
+        _ = windowed | ScoreEvents(SavedModelHandler(model_root))
+
+
+def test_batch_coder_round_trips_and_estimates_from_the_first_element() -> None:
+    batch = _Batch(_event(i, 0.5) for i in range(3))
+    coder = _BatchCoder()
+    decoded = coder.decode(coder.encode(batch))
+    assert decoded == batch and type(decoded) is _Batch
+    assert 0.5 < coder.estimate_size(batch) / len(coder.encode(batch)) < 2
+    assert coder.estimate_size(_Batch()) == 0
+
+
 def test_prediction_json() -> None:
     prediction = Prediction(
         key=b"card-\xff",
@@ -136,6 +153,9 @@ def test_prediction_json() -> None:
         "partition": 1,
         "offset": 7,
     }
+    assert json.loads(dataclasses.replace(prediction, event_id='é"\n').to_json())["event_id"] == (
+        'é"\n'
+    )
     odd = dataclasses.replace(prediction, key=None, event_id=42, score=1e-07, topic='t"x')
     decoded = json.loads(odd.to_json())
     assert (decoded["key"], decoded["event_id"], decoded["score"], decoded["topic"]) == (
