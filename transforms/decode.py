@@ -29,8 +29,10 @@ import apache_beam as beam
 import orjson
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
+from apache_beam.utils import windowed_value
 
 from transforms.avro_decoding import AvroDecoder, ConfluentAvroDecoder
+from transforms.batch import Batch
 from transforms.dead_letter import DEAD_LETTER_TAG, DeadLetter
 from transforms.kafka_record import KafkaRecord
 from transforms.rejection import Reason, Rejected
@@ -154,6 +156,14 @@ class _DecodeFn(beam.DoFn):
         )
 
     def process(self, record: KafkaRecord):
+        output = self._decode_record(record)
+        if type(output) is DeadLetter:
+            yield pvalue.TaggedOutput(DEAD_LETTER_TAG, output)
+        else:
+            yield output
+
+    def _decode_record(self, record: KafkaRecord) -> Any:
+        """The row (or ``(record, row)``), or the record's DeadLetter."""
         try:
             payload = record.value
             if payload is None:
@@ -177,12 +187,29 @@ class _DecodeFn(beam.DoFn):
                 record.offset,
                 err.message,
             )
-            yield pvalue.TaggedOutput(
-                DEAD_LETTER_TAG, DeadLetter.from_record(record, err.stage, err.message, err.reason)
-            )
-            return
+            return DeadLetter.from_record(record, err.stage, err.message, err.reason)
         self._counters.rows.inc()
-        yield (record, row) if self._with_records else row
+        return (record, row) if self._with_records else row
+
+
+class _DecodeBatchFn(_DecodeFn):
+    """One list of KafkaRecords → one list of rows; each dead letter at its record's time.
+
+    For batched reads (``ReadFromKafka(...).batched()``): Beam's per-element cost between
+    steps is then paid once per batch.
+    """
+
+    def process(self, records: list[KafkaRecord], window=beam.DoFn.WindowParam):
+        rows = Batch()
+        for record in records:
+            output = self._decode_record(record)
+            if type(output) is DeadLetter:
+                letter = windowed_value.create(output, record.timestamp_ms * 1000, (window,))
+                yield pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
+            else:
+                rows.append(output)
+        if rows:
+            yield rows
 
 
 class DecodeAndValidate(beam.PTransform):
@@ -247,6 +274,7 @@ class DecodeAndValidate(beam.PTransform):
             max_message_bytes,
         )
         self._with_records = False
+        self._batched = False
 
     def with_records(self) -> DecodeAndValidate:
         """The same transform whose ``rows`` are ``(KafkaRecord, row)`` pairs."""
@@ -254,8 +282,21 @@ class DecodeAndValidate(beam.PTransform):
         clone._with_records = True
         return clone
 
+    def batched(self) -> DecodeAndValidate:
+        """The same transform on ``list[KafkaRecord]`` batches (``ReadFromKafka.batched()``).
+
+        ``rows`` are then lists (one per input batch that kept any row, at the batch's time);
+        dead letters stay single, each at its record's event time.
+        """
+        clone = copy.copy(self)
+        clone._batched = True
+        return clone
+
     def expand(self, records: beam.PCollection) -> DecodeResult:
-        outputs = records | "Decode" >> beam.ParDo(
-            _DecodeFn(*self._fn_args, with_records=self._with_records)
-        ).with_outputs(DEAD_LETTER_TAG, main="rows")
+        if self._batched:
+            decode = beam.ParDo(_DecodeBatchFn(*self._fn_args, with_records=self._with_records))
+            decode = decode.with_output_types(Batch)  # the dead letters stay Any
+        else:
+            decode = beam.ParDo(_DecodeFn(*self._fn_args, with_records=self._with_records))
+        outputs = records | "Decode" >> decode.with_outputs(DEAD_LETTER_TAG, main="rows")
         return DecodeResult(rows=outputs.rows, dead_letters=outputs[DEAD_LETTER_TAG])

@@ -20,13 +20,13 @@ Usage::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import json
 import logging
-import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -37,6 +37,7 @@ from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 from apache_beam.utils import windowed_value
 from apache_beam.utils.windowed_value import WindowedValue
 
+from transforms.batch import Batch
 from transforms.dead_letter import DEAD_LETTER_TAG, DeadLetter
 from transforms.kafka_record import KafkaRecord
 from transforms.model_handler import FeatureError, SavedModelHandler, Score
@@ -59,38 +60,6 @@ def _rfc3339(epoch_seconds: float) -> str:
 def _json_value(value: Any) -> str:
     """``json.dumps(value)``, with the usual string ids formatted without its overhead."""
     return _json_str(value) if type(value) is str else json.dumps(value)
-
-
-class _Batch(list):
-    """A batch of elements; its coder estimates sizes cheaply (see :class:`_BatchCoder`)."""
-
-
-class _BatchCoder(beam.coders.Coder):
-    """Pickles batches; estimates a batch's size from its first element.
-
-    Beam samples element sizes for its metrics; the default estimate encodes the whole batch
-    (a pickle per Kafka record), which cost ~10 % of the scoring pipeline's time.
-    """
-
-    def encode(self, value: _Batch) -> bytes:
-        return pickle.dumps(list(value), pickle.HIGHEST_PROTOCOL)
-
-    def decode(self, encoded: bytes) -> _Batch:
-        return _Batch(pickle.loads(encoded))  # noqa: S301 - bytes this coder wrote
-
-    def estimate_size(self, value: _Batch) -> int:
-        if not value:
-            return 0
-        return len(pickle.dumps(value[0], pickle.HIGHEST_PROTOCOL)) * len(value)
-
-    def is_deterministic(self) -> bool:
-        return False
-
-    def to_type_hint(self) -> type:
-        return _Batch
-
-
-beam.coders.registry.register_coder(_Batch, _BatchCoder)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -218,32 +187,47 @@ class _BatchWithinBundleFn(beam.DoFn):
     BatchElements either waits for the bundle end (a reader bundle lasts up to a second: that
     is the latency) or, with ``max_batch_duration_secs``, keeps state and timers, which the
     local streaming runner only fires when the stream ends. Elements are in the global window.
+    With ``batched_input`` the elements are lists whose items are batched (and split at
+    ``max_size``).
     """
 
-    def __init__(self, max_size: int, max_wait_s: float | None) -> None:
+    def __init__(
+        self, max_size: int, max_wait_s: float | None, batched_input: bool = False
+    ) -> None:
         self._max_size = max_size
         self._max_wait_s = max_wait_s
+        self._batched_input = batched_input
 
     def start_bundle(self) -> None:
-        self._batch = _Batch()
+        self._batch = Batch()
         self._opened = 0.0
 
     def process(self, element: Any):
         if not self._batch:
             self._opened = time.monotonic()
-        self._batch.append(element)
+        if self._batched_input:
+            self._batch.extend(element)
+        else:
+            self._batch.append(element)
         if len(self._batch) >= self._max_size or (
             self._max_wait_s is not None and time.monotonic() - self._opened >= self._max_wait_s
         ):
-            yield self._take()
+            yield from self._take()
 
     def finish_bundle(self):
         if self._batch:
-            yield self._take()
+            yield from self._take()
 
-    def _take(self) -> WindowedValue:
-        batch, self._batch = self._batch, _Batch()
-        return GlobalWindows.windowed_value_at_end_of_window(batch)
+    def _take(self) -> Iterator[WindowedValue]:
+        batch, self._batch = self._batch, Batch()
+        size = self._max_size
+        chunks = (
+            (batch,)
+            if len(batch) <= size
+            else (Batch(batch[i : i + size]) for i in range(0, len(batch), size))
+        )
+        for chunk in chunks:
+            yield GlobalWindows.windowed_value_at_end_of_window(chunk)
 
 
 class ScoreEvents(beam.PTransform):
@@ -284,6 +268,16 @@ class ScoreEvents(beam.PTransform):
         self._batching = (max_batch_size, max_batch_wait_s)
         self._id_field = id_field
         self._clock = clock
+        self._batched_input = False
+
+    def batched(self) -> ScoreEvents:
+        """The same transform on lists of pairs (``DecodeAndValidate(...).batched()`` rows).
+
+        Re-batched within the bundle like single pairs, without Beam's per-element cost.
+        """
+        clone = copy.copy(self)
+        clone._batched_input = True
+        return clone
 
     def expand(self, pairs: beam.PCollection) -> ScoringResult:
         if not isinstance(pairs.windowing.windowfn, GlobalWindows):
@@ -293,7 +287,10 @@ class ScoreEvents(beam.PTransform):
             )
         outputs = (
             pairs
-            | "Batch" >> beam.ParDo(_BatchWithinBundleFn(*self._batching)).with_output_types(_Batch)
+            | "Batch"
+            >> beam.ParDo(
+                _BatchWithinBundleFn(*self._batching, self._batched_input)
+            ).with_output_types(Batch)
             | "RunInference" >> RunInference(self._handler)
             | "ToPredictions"
             >> beam.ParDo(_ToPredictionFn(self._id_field, self._clock)).with_outputs(

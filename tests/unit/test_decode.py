@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import io
 import json
@@ -480,6 +481,33 @@ def test_pipeline_with_records_keeps_the_kafka_record():
         assert_that(decoded.rows, equal_to([(recs[0], GOOD_ROW)]), label="Pairs")
         assert_that(
             decoded.dead_letters | beam.Map(lambda d: d.offset), equal_to([2]), label="Dead"
+        )
+
+
+def test_batched_decode_keeps_batches_and_times_each_dead_letter_by_its_record():
+    first = [
+        record(js(GOOD), offset=1),
+        dataclasses.replace(record(b"{", offset=2), timestamp_ms=7),
+    ]
+    second = [record(None, offset=3)]  # only a dead letter: no empty batch
+    with TestPipeline() as pipeline:
+        decoded = (
+            pipeline
+            | beam.Create([first, second])
+            | DecodeAndValidate(CAR).with_records().batched()
+        )
+        assert_that(
+            decoded.rows | beam.Map(lambda b: (type(b).__name__, b)),
+            equal_to([("Batch", [(first[0], GOOD_ROW)])]),
+            label="Batches",
+        )
+        assert_that(
+            decoded.dead_letters
+            | beam.Map(lambda d, ts=beam.DoFn.TimestampParam: (d.offset, d.error_type, ts.micros)),
+            equal_to(
+                [(2, Reason.INVALID_JSON, 7000), (3, Reason.EMPTY_PAYLOAD, 1_700_000_000_000_000)]
+            ),
+            label="Dead",
         )
 
 

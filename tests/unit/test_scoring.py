@@ -14,10 +14,11 @@ from tiny_anomaly_model import CREDITCARD_FEATURES, expected_score, write_model
 
 from pipelines.options import OptionError, parse_and_validate
 from pipelines.score_events import OPTIONS, ScoreEventsOptions, build_pipeline
+from transforms.batch import Batch, BatchCoder
 from transforms.kafka_record import KafkaRecord
 from transforms.model_handler import SavedModelHandler
 from transforms.schema import bundled_schema_path
-from transforms.scoring import Prediction, ScoreEvents, _Batch, _BatchCoder, _BatchWithinBundleFn
+from transforms.scoring import Prediction, ScoreEvents, _BatchWithinBundleFn
 
 SCORED_AT = 1_795_000_000.0  # 2026-11-18T11:06:40Z: a fixed scoring clock
 THRESHOLD = 1.5
@@ -109,6 +110,17 @@ def test_threshold_override_and_event_time_is_restored(model_root: str) -> None:
         )
 
 
+def test_batched_input_scores_like_single_pairs(model_root: str) -> None:
+    events = [_event(i, 0.5 * i) for i in range(5)]
+    with TestPipeline() as p:
+        scored = (
+            p
+            | beam.Create([events[:3], events[3:]])
+            | ScoreEvents(SavedModelHandler(model_root), clock=_fixed_clock).batched()
+        )
+        assert_that(scored.predictions, equal_to([_expected(r, row) for r, row in events]))
+
+
 def test_windowed_input_is_refused_at_construction(model_root: str) -> None:
     p = TestPipeline()
     windowed = p | beam.Create([_event(0, 0.1)]) | beam.WindowInto(window.FixedWindows(1))
@@ -117,12 +129,12 @@ def test_windowed_input_is_refused_at_construction(model_root: str) -> None:
 
 
 def test_batch_coder_round_trips_and_estimates_from_the_first_element() -> None:
-    batch = _Batch(_event(i, 0.5) for i in range(3))
-    coder = _BatchCoder()
+    batch = Batch(_event(i, 0.5) for i in range(3))
+    coder = BatchCoder()
     decoded = coder.decode(coder.encode(batch))
-    assert decoded == batch and type(decoded) is _Batch
+    assert decoded == batch and type(decoded) is Batch
     assert 0.5 < coder.estimate_size(batch) / len(coder.encode(batch)) < 2
-    assert coder.estimate_size(_Batch()) == 0
+    assert coder.estimate_size(Batch()) == 0
 
 
 def test_prediction_json() -> None:
@@ -177,6 +189,13 @@ def test_batches_stay_within_a_bundle_and_respect_size_and_wait() -> None:
     assert _batches(_BatchWithinBundleFn(3, 0.0), [1, 2]) == [[1], [2]]  # no wait: one each
     assert _batches(_BatchWithinBundleFn(100, 60.0), [1, 2]) == [[1, 2]]  # flushed at bundle end
     assert _batches(_BatchWithinBundleFn(3, None), []) == []
+    batched = _BatchWithinBundleFn(3, None, batched_input=True)
+    assert _batches(batched, [[0, 1], [2, 3, 4, 5, 6, 7, 8], [9]]) == [
+        [0, 1, 2],
+        [3, 4, 5],
+        [6, 7, 8],
+        [9],
+    ]
 
 
 def test_score_events_options_fail_fast_naming_the_flag(model_root: str) -> None:

@@ -1,0 +1,45 @@
+"""``Batch``: a list of elements passed between Beam steps as one element, sized cheaply.
+
+Why a type of its own: Beam samples the encoded size of elements for its metrics, and the
+default estimate of a list encodes every item (a pickle per Kafka record), which cost ~10 % of
+the scoring pipeline's time. :class:`BatchCoder`, registered for :class:`Batch`, estimates from
+the first item instead. Declare it as the output type of steps emitting batches::
+
+    beam.ParDo(MyBatchingFn()).with_output_types(Batch)
+"""
+
+from __future__ import annotations
+
+import pickle
+
+from apache_beam import coders
+
+__all__ = ["Batch", "BatchCoder"]
+
+
+class Batch(list):
+    """A list of elements handled together (a poll's records, a model call's rows)."""
+
+
+class BatchCoder(coders.Coder):
+    """Pickles batches; estimates a batch's size as its first item's times its length."""
+
+    def encode(self, value: Batch) -> bytes:
+        return pickle.dumps(list(value), pickle.HIGHEST_PROTOCOL)
+
+    def decode(self, encoded: bytes) -> Batch:
+        return Batch(pickle.loads(encoded))  # noqa: S301 - bytes this coder wrote
+
+    def estimate_size(self, value: Batch) -> int:
+        if not value:
+            return 0
+        return len(pickle.dumps(value[0], pickle.HIGHEST_PROTOCOL)) * len(value)
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def to_type_hint(self) -> type:
+        return Batch
+
+
+coders.registry.register_coder(Batch, BatchCoder)
