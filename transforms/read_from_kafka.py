@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import dataclasses
 import datetime
 import functools
 import logging
@@ -116,22 +117,35 @@ class _PartitionConsumer:
         self.consumer.close()
 
 
-def _records(topic: str, partition: int, messages: list) -> list[KafkaRecord]:
+# KafkaRecord's slot setters: a frozen dataclass's __init__ assigns each field through
+# object.__setattr__, writing the slots directly builds the same record in about half the time.
+_SET_FIELDS = tuple(
+    KafkaRecord.__dict__[field.name].__set__ for field in dataclasses.fields(KafkaRecord)
+)
+
+
+def _records(topic: str, partition: int, messages: list) -> tuple[list[KafkaRecord], int]:
+    """The batch's records and their earliest timestamp (ms), in one pass over the messages."""
+    new = object.__new__
+    set_topic, set_partition, set_offset, set_key, set_value, set_time, set_headers = _SET_FIELDS
     records = []
+    append = records.append
+    earliest = None
     for message in messages:
+        timestamp_ms = message.timestamp()[1]
+        if earliest is None or timestamp_ms < earliest:
+            earliest = timestamp_ms
         headers = message.headers()
-        records.append(
-            KafkaRecord(
-                topic,
-                partition,
-                message.offset(),
-                message.key(),
-                message.value(),
-                message.timestamp()[1],
-                tuple(headers) if headers else (),
-            )
-        )
-    return records
+        record = new(KafkaRecord)
+        set_topic(record, topic)
+        set_partition(record, partition)
+        set_offset(record, message.offset())
+        set_key(record, message.key())
+        set_value(record, message.value())
+        set_time(record, timestamp_ms)
+        set_headers(record, tuple(headers) if headers else ())
+        append(record)
+    return records, earliest
 
 
 class _EmitRecordsFn(beam.DoFn):
@@ -260,15 +274,18 @@ class _ReadPartitionsFn(beam.DoFn):
         reader.position_at(start)
         next_offset = start
         deadline = time.monotonic() + self._max_process_s
+        done = False
         while True:
             stop = tracker.current_restriction().stop
             if next_offset >= stop:
                 tracker.try_claim(stop)  # marks the range done
+                done = True
                 break
             messages = reader.poll(self._batch_size, self._poll_timeout_s)
             if not messages:
                 if self._caught_up(plan, reader, next_offset, stop, watermark):
                     tracker.try_claim(stop)
+                    done = True
                 else:
                     tracker.defer_remainder(Duration.of(self._poll_timeout_s))
                 break
@@ -276,20 +293,25 @@ class _ReadPartitionsFn(beam.DoFn):
             if batch:
                 if not tracker.try_claim(batch[-1].offset()):
                     break  # a runner checkpoint took the rest
-                records = _records(plan.topic, plan.partition, batch)
-                earliest = min(record.timestamp_ms for record in records)
+                records, earliest = _records(plan.topic, plan.partition, batch)
                 yield WindowedValue(records, Timestamp(micros=earliest * 1000), windows)
                 next_offset = batch[-1].offset() + 1
                 sample = batch[:16]  # enough for a size estimate, cheap per batch
                 reader.mean_bytes = sum(len(m) for m in sample) / len(sample)
             if ended or messages[-1].offset() >= stop:
                 tracker.try_claim(stop)  # done; the messages past the stop are dropped
+                done = True
                 break
             reader.next_offset = next_offset  # everything taken from the queue was emitted
             if time.monotonic() >= deadline:
                 tracker.defer_remainder()
                 break
         BACKLOG.record(plan.topic, plan.partition, reader.end_offset(), reader.mean_bytes)
+        if done:
+            # Its prefetcher would keep polling the log end (about a core per consumer on
+            # noida-db), and no later restriction of this partition starts where this one ended.
+            del self._consumers[(plan.topic, plan.partition)]
+            reader.close()
         if next_offset > start and self._commit_offsets:
             finalizer.register(
                 functools.partial(self._commit, plan.topic, plan.partition, next_offset)

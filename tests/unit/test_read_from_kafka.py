@@ -95,6 +95,7 @@ class FakeCluster:
         self.committed: dict[tuple[str, str, int], int] = {}
         self.commit_calls: list[tuple[str, str, int, int]] = []
         self.reachable = True
+        self.open_consumers = 0
         _CLUSTERS[name] = self
 
     def factory(self):
@@ -107,6 +108,7 @@ class FakeConsumer:
         self._group = settings["group.id"]
         self._assigned: tuple[str, int] | None = None
         self._position = OFFSET_INVALID
+        self._cluster.open_consumers += 1
 
     def _check(self):
         if not self._cluster.reachable:
@@ -170,7 +172,7 @@ class FakeConsumer:
             self._cluster.commit_calls.append((self._group, tp.topic, tp.partition, tp.offset))
 
     def close(self):
-        pass
+        self._cluster.open_consumers -= 1
 
 
 def _log(topic: str, partitions: int, per_partition: int, *, gap_every: int = 0):
@@ -553,6 +555,7 @@ def test_pending_stop_time_ends_the_partition_once_caught_up(cluster):
     assert _offsets(outputs) == list(range(20))
     assert tracker.deferred_status() is None  # finished, not checkpointed
     assert not finalizer.has_callbacks()  # no group: nothing to commit
+    assert fn._consumers == {} and cluster.open_consumers == 0  # a done partition's is closed
 
 
 def test_a_failed_bundle_is_re_read_from_its_start(cluster):
