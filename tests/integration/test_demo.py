@@ -23,7 +23,8 @@ def _delete_topics(kafka_config, topics: list[str]) -> None:
     """The demo keeps its topics for users to inspect; the test removes them (broker state)."""
     from confluent_kafka.admin import AdminClient
 
-    for future in AdminClient(kafka_config.producer_dict()).delete_topics(topics).values():
+    admin = AdminClient(kafka_config.producer_dict())  # must outlive its futures
+    for future in admin.delete_topics(topics).values():
         future.result(timeout=10)
 
 
