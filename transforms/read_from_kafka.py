@@ -38,6 +38,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from transforms.batch import Batch
 from transforms.kafka_config import KafkaConfig
 from transforms.kafka_partition_plan import (
     PartitionPlan,
@@ -124,11 +125,14 @@ _SET_FIELDS = tuple(
 )
 
 
-def _records(topic: str, partition: int, messages: list) -> tuple[list[KafkaRecord], int]:
-    """The batch's records and their earliest timestamp (ms), in one pass over the messages."""
+def _records(topic: str, partition: int, messages: list) -> tuple[Batch, int]:
+    """The batch's records and their earliest timestamp (ms), in one pass over the messages.
+
+    A :class:`Batch` so Beam's size sampling pickles one record per batch, not each of them.
+    """
     new = object.__new__
     set_topic, set_partition, set_offset, set_key, set_value, set_time, set_headers = _SET_FIELDS
-    records = []
+    records = Batch()
     append = records.append
     earliest = None
     for message in messages:
@@ -417,7 +421,7 @@ class ReadFromKafka(beam.PTransform):
         consumer_factory: builds a consumer from a librdkafka dict (tests pass a fake).
 
     Returns:
-        PCollection[KafkaRecord] (``.batched()``: PCollection[list[KafkaRecord]]); unbounded
+        PCollection[KafkaRecord] (``.batched()``: PCollection[Batch], lists of records); unbounded
         unless a stop, ``max_records`` or ``stop_timestamp_ms`` is given.
     """
 
@@ -471,7 +475,7 @@ class ReadFromKafka(beam.PTransform):
         }
 
     def batched(self) -> ReadFromKafka:
-        """The same read, emitting each polled batch as one ``list[KafkaRecord]`` element.
+        """The same read, emitting each polled batch as one ``Batch`` (a list of KafkaRecord).
 
         For consumers that work on batches anyway (model scoring, bulk sinks) this skips Beam's
         per-element cost, most of the reader's CPU (bench/bench_read_from_kafka.py). A batch holds
@@ -502,9 +506,7 @@ class ReadFromKafka(beam.PTransform):
             >> beam.ParDo(_PlanPartitionsFn(self._reader, self._topics, self._plan_kwargs))
             | "Distribute" >> beam.Reshuffle()
             | "ReadPartitions"
-            >> beam.ParDo(read_fn(self._reader, **self._read_kwargs)).with_output_types(
-                beam.typehints.List[KafkaRecord]
-            )
+            >> beam.ParDo(read_fn(self._reader, **self._read_kwargs)).with_output_types(Batch)
         )
         if self._emit_batches:
             return batches
