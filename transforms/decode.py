@@ -15,6 +15,12 @@ Usage::
     # keep the Kafka record beside the row (key, offsets, event time):
     pairs = records | DecodeAndValidate(schema, "AVRO_CONFLUENT_WIRE_FORMAT",
                                         schema_registry_url="http://registry:8081").with_records()
+
+    # lists in, lists out (ReadFromKafka(...).batched()): one Batch of rows per polled list
+    batches = polled | DecodeAndValidate(schema).with_records().batched()
+
+JSON takes a fast path (orjson + :meth:`RowValidator.validate_fast`) and falls back to the exact
+one (``json`` + :meth:`RowValidator.validate`) whenever it cannot vouch for the result.
 """
 
 from __future__ import annotations
