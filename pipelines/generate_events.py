@@ -120,7 +120,7 @@ def messages_for(values: Mapping[str, Any]) -> Iterator[synthetic_data.Message]:
 
 def ensure_topic(config: KafkaConfig, topic: str, partitions: int, timeout: float = 10.0) -> None:
     """Create ``topic`` (replication factor 1 locally is the broker's choice) unless it exists."""
-    admin = AdminClient(config.as_librdkafka_dict())
+    admin = AdminClient(config.producer_dict())  # an admin client is a producer handle
     if topic in admin.list_topics(timeout=timeout).topics:
         return
     future = admin.create_topics([NewTopic(topic, num_partitions=partitions)])[topic]
