@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import datetime
 import io
 import json
@@ -487,7 +486,7 @@ def test_pipeline_with_records_keeps_the_kafka_record():
 def test_batched_decode_keeps_batches_and_times_each_dead_letter_by_its_record():
     first = [
         record(js(GOOD), offset=1),
-        dataclasses.replace(record(b"{", offset=2), timestamp_ms=7),
+        record(b"{", offset=2)._replace(timestamp_ms=7),
     ]
     second = [record(None, offset=3)]  # only a dead letter: no empty batch
     with TestPipeline() as pipeline:

@@ -127,7 +127,7 @@ def _value_bytes(elements, kwargs):
     for element in elements:
         if value_fn:
             value = value_fn(element)
-        elif isinstance(element, tuple):
+        elif isinstance(element, tuple) and len(element) == 2:
             value = element[1]
         else:
             value = element.value
