@@ -11,6 +11,10 @@ broker to settle (noida-db rewrites its state after writes), then times each rea
 It also prints messages per CPU-second of this process (all threads): on a shared, busy machine
 that is the steadier measure of what each reader costs.
 
+Every reader starts from the same collector state: the heap is settled
+(:func:`transforms.heap.settle_heap`, which ReadFromKafka's workers do at setup) right before
+each timing, so the raw loops get the same help from ``gc.freeze`` as the reader.
+
     .venv/bin/python bench/bench_read_from_kafka.py --bootstrap 127.0.0.1:19392 --count 1000000
 
 The Beam time includes pipeline construction and the launch-time partition planning: it is what
@@ -30,6 +34,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from transforms.heap import settle_heap
 from transforms.kafka_config import LOCAL_BROKER_SETTINGS, KafkaConfig
 from transforms.read_from_kafka import ReadFromKafka
 
@@ -154,6 +159,7 @@ def main() -> None:
     try:
         for rep in range(args.repetitions):
             for name, read in readers.items():
+                settle_heap(min_interval_s=0)
                 runs[name].append(read())
             print(
                 f"rep {rep + 1}: "

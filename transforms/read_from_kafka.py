@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import dataclasses
 import datetime
 import functools
 import logging
@@ -39,6 +38,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from transforms.batch import Batch
+from transforms.heap import settle_heap
 from transforms.kafka_config import KafkaConfig
 from transforms.kafka_partition_plan import (
     PartitionPlan,
@@ -47,7 +47,7 @@ from transforms.kafka_partition_plan import (
     plan_partitions,
 )
 from transforms.kafka_record import KafkaRecord
-from transforms.kafka_restriction import BACKLOG, KafkaRestrictionProvider
+from transforms.kafka_restriction import BACKLOG, UNBOUNDED_OFFSET, KafkaRestrictionProvider
 from transforms.kafka_watermark import KafkaWatermarkEstimatorProvider
 
 __all__ = ["ReadFromKafka"]
@@ -118,20 +118,12 @@ class _PartitionConsumer:
         self.consumer.close()
 
 
-# KafkaRecord's slot setters: a frozen dataclass's __init__ assigns each field through
-# object.__setattr__, writing the slots directly builds the same record in about half the time.
-_SET_FIELDS = tuple(
-    KafkaRecord.__dict__[field.name].__set__ for field in dataclasses.fields(KafkaRecord)
-)
-
-
 def _records(topic: str, partition: int, messages: list) -> tuple[Batch, int]:
     """The batch's records and their earliest timestamp (ms), in one pass over the messages.
 
     A :class:`Batch` so Beam's size sampling pickles one record per batch, not each of them.
     """
-    new = object.__new__
-    set_topic, set_partition, set_offset, set_key, set_value, set_time, set_headers = _SET_FIELDS
+    new = tuple.__new__  # KafkaRecord(...) without the keyword-argument handling
     records = Batch()
     append = records.append
     earliest = None
@@ -140,16 +132,33 @@ def _records(topic: str, partition: int, messages: list) -> tuple[Batch, int]:
         if earliest is None or timestamp_ms < earliest:
             earliest = timestamp_ms
         headers = message.headers()
-        record = new(KafkaRecord)
-        set_topic(record, topic)
-        set_partition(record, partition)
-        set_offset(record, message.offset())
-        set_key(record, message.key())
-        set_value(record, message.value())
-        set_time(record, timestamp_ms)
-        set_headers(record, tuple(headers) if headers else ())
-        append(record)
+        append(
+            new(
+                KafkaRecord,
+                (
+                    topic,
+                    partition,
+                    message.offset(),
+                    message.key(),
+                    message.value(),
+                    timestamp_ms,
+                    tuple(headers) if headers else (),
+                ),
+            )
+        )
     return records, earliest
+
+
+def _known_to_exist(plan: PartitionPlan, reader: _PartitionConsumer, offset: int) -> bool:
+    """Whether records at ``offset`` are known to exist, so an empty poll means "not fetched yet".
+
+    Deferring then would only hand the thread to another partition for a poll timeout and cost
+    the runner a bundle per partition (a third of a 1M-record bounded read's overhead).
+    """
+    if plan.stop_offset != UNBOUNDED_OFFSET or offset < plan.end_offset_at_launch:
+        return True
+    end = reader.end_offset()
+    return end > offset
 
 
 class _EmitRecordsFn(beam.DoFn):
@@ -227,6 +236,7 @@ class _ReadPartitionsFn(beam.DoFn):
         batch_size: int,
         poll_timeout_s: float,
         max_process_s: float,
+        settle_heap: bool,
     ) -> None:
         self._reader = reader
         self._commit_offsets = commit_offsets and reader.group_id is not None
@@ -234,8 +244,11 @@ class _ReadPartitionsFn(beam.DoFn):
         self._batch_size = batch_size
         self._poll_timeout_s = poll_timeout_s
         self._max_process_s = max_process_s
+        self._settle_heap = settle_heap
 
     def setup(self) -> None:
+        if self._settle_heap:
+            settle_heap()
         self._consumers: collections.OrderedDict[tuple[str, int], _PartitionConsumer] = (
             collections.OrderedDict()
         )
@@ -290,19 +303,25 @@ class _ReadPartitionsFn(beam.DoFn):
                 if self._caught_up(plan, reader, next_offset, stop, watermark):
                     tracker.try_claim(stop)
                     done = True
-                else:
-                    tracker.defer_remainder(Duration.of(self._poll_timeout_s))
+                    break
+                if _known_to_exist(plan, reader, next_offset) and time.monotonic() < deadline:
+                    continue  # a new consumer's first fetch is not back yet: wait, not defer
+                tracker.defer_remainder(Duration.of(self._poll_timeout_s))
                 break
             batch, ended = self._cut(messages, next_offset, stop, plan.stop_timestamp_ms)
+            ended = ended or messages[-1].offset() >= stop
             if batch:
                 if not tracker.try_claim(batch[-1].offset()):
                     break  # a runner checkpoint took the rest
-                records, earliest = _records(plan.topic, plan.partition, batch)
-                yield WindowedValue(records, Timestamp(micros=earliest * 1000), windows)
                 next_offset = batch[-1].offset() + 1
                 sample = batch[:16]  # enough for a size estimate, cheap per batch
                 reader.mean_bytes = sum(len(m) for m in sample) / len(sample)
-            if ended or messages[-1].offset() >= stop:
+                records, earliest = _records(plan.topic, plan.partition, batch)
+                # Free the messages before downstream steps run: alive across the collector's
+                # young-generation passes they would be promoted and bring on full collections.
+                del messages, batch, sample
+                yield WindowedValue(records, Timestamp(micros=earliest * 1000), windows)
+            if ended:
                 tracker.try_claim(stop)  # done; the messages past the stop are dropped
                 done = True
                 break
@@ -419,6 +438,10 @@ class ReadFromKafka(beam.PTransform):
             (and so the time until its offsets are committed, and, on the local runner that
             processes partitions one after another, the latency of the other partitions).
         consumer_factory: builds a consumer from a librdkafka dict (tests pass a fake).
+        settle_heap: when a worker sets the reader up, exclude what it holds from later full
+            garbage collections (:func:`transforms.heap.settle_heap`, ``gc.freeze``): they
+            traverse Beam's whole heap and came with every ~150k records. Process-wide; turn it
+            off if your code manages ``gc.freeze`` itself.
 
     Returns:
         PCollection[KafkaRecord] (``.batched()``: PCollection[Batch], lists of records); unbounded
@@ -443,6 +466,7 @@ class ReadFromKafka(beam.PTransform):
         poll_timeout_s: float = 0.1,
         max_process_s: float = 0.5,
         consumer_factory: ConsumerFactory | None = None,
+        settle_heap: bool = True,
     ) -> None:
         super().__init__()
         self._topics = (topics,) if isinstance(topics, str) else tuple(topics)
@@ -472,6 +496,7 @@ class ReadFromKafka(beam.PTransform):
             "batch_size": batch_size,
             "poll_timeout_s": poll_timeout_s,
             "max_process_s": max_process_s,
+            "settle_heap": settle_heap,
         }
 
     def batched(self) -> ReadFromKafka:

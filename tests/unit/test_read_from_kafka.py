@@ -506,6 +506,7 @@ def _read_fn(cluster, group="g"):
         batch_size=8,
         poll_timeout_s=0.01,
         max_process_s=5.0,
+        settle_heap=False,
     )
     fn.setup()
     return fn
