@@ -21,6 +21,7 @@ the broker to go idle before each timing.
 
     .venv/bin/python bench/bench_scoring.py                 # everything, 200k events
     .venv/bin/python bench/bench_scoring.py --events 20000 --skip-latency
+    .venv/bin/python bench/bench_scoring.py --only-latency --plot docs/images/scoring_latency.png
 """
 
 from __future__ import annotations
@@ -314,8 +315,12 @@ def raw_loop(bootstrap: str, model_root: str, source: str, sink: str, count: int
 # --- latency --------------------------------------------------------------------------------------
 
 
-def measure_latency(bootstrap: str, model_root: str, rate: int, seconds: float) -> list[float]:
-    """Run the streaming pipeline; feed ``rate`` msg/s; latencies (s) of the predictions."""
+def measure_latency(
+    bootstrap: str, model_root: str, rate: int, seconds: float
+) -> list[tuple[float, float]]:
+    """Run the streaming pipeline; feed ``rate`` msg/s; (send time, latency) per prediction, in s.
+
+    The send time counts from the first timed event (event ``i`` is sent at ``i / rate``)."""
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     from transforms.schema import bundled_schema_path
@@ -336,7 +341,7 @@ def measure_latency(bootstrap: str, model_root: str, rate: int, seconds: float) 
                          **LOCAL, "fetch.queue.backoff.ms": "5"})  # fmt: skip
     consumer.assign([TopicPartition(sink, p, 0) for p in range(PARTITIONS)])
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": "0"})
-    latencies: list[float] = []
+    latencies: list[tuple[float, float]] = []
     received: set[str] = set()
     stop = threading.Event()
 
@@ -348,7 +353,8 @@ def measure_latency(bootstrap: str, model_root: str, rate: int, seconds: float) 
                     arrived = time.time()
                     event_ms = _event_ms(value["event_time"])
                     if value["event_id"].startswith("lat-"):
-                        latencies.append(arrived - event_ms / 1000)
+                        sent_s = int(value["event_id"][4:]) / rate
+                        latencies.append((sent_s, arrived - event_ms / 1000))
                     received.add(value["event_id"])
 
     collector = threading.Thread(target=collect, daemon=True)
@@ -386,6 +392,36 @@ def measure_latency(bootstrap: str, model_root: str, rate: int, seconds: float) 
     return latencies
 
 
+def plot_latency(samples: list[tuple[float, float]], rate: int, path: str) -> None:
+    """Latency over the run (spikes show when they happen) and its CDF, with p50/p99/target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sent, latency_ms = np.array(samples).T
+    latency_ms = latency_ms * 1000
+    p50, p99 = np.percentile(latency_ms, [50, 99])
+    fig, (over_time, cdf) = plt.subplots(1, 2, figsize=(11, 4), width_ratios=(2, 1))
+    over_time.scatter(sent, latency_ms, s=2, alpha=0.4, color="tab:blue", rasterized=True)
+    cdf.plot(np.sort(latency_ms), np.linspace(0, 1, len(latency_ms)), color="tab:blue")
+    for axis, draw in ((over_time, over_time.axhline), (cdf, cdf.axvline)):
+        draw(p50, color="tab:green", linestyle="--", label=f"p50 {p50:.0f} ms")
+        draw(p99, color="tab:orange", linestyle="--", label=f"p99 {p99:.0f} ms")
+        draw(1000, color="tab:red", linestyle=":", label="target p99 1 s")
+        axis.grid(alpha=0.3)
+    over_time.set(
+        xlabel="time since the first event (s)",
+        ylabel="produce → prediction (ms)",
+        title=f"Live scoring latency at {rate} msg/s ({len(samples):,} events)",
+    )
+    over_time.legend(loc="upper right")
+    cdf.set(xlabel="produce → prediction (ms)", ylabel="fraction of events", title="CDF")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _event_ms(text: str) -> float:
     import datetime
 
@@ -418,6 +454,7 @@ def main() -> None:
     parser.add_argument("--skip-stock", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--only-latency", action="store_true")
+    parser.add_argument("--plot", help="write the latency plot (PNG) here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
 
@@ -475,11 +512,14 @@ def main() -> None:
             wait_until_idle(pid)
             latencies = measure_latency(bootstrap, model_root, args.rate, args.latency_seconds)
             if latencies:
-                p50, p99 = np.percentile(latencies, [50, 99])
+                p50, p99 = np.percentile([latency for _, latency in latencies], [50, 99])
                 print(
                     f"\nlatency at {args.rate} msg/s streaming ({len(latencies)} events): "
                     f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms  (target p99 <= 1 s)"
                 )
+                if args.plot:
+                    plot_latency(latencies, args.rate, args.plot)
+                    print(f"latency plot: {args.plot}")
     finally:
         if broker is not None:
             broker.__exit__(None, None, None)
