@@ -15,6 +15,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
+from transforms import tfrecord_sink
 from transforms.schema import RowSchema
 from transforms.tfrecord_sink import (
     SCHEMA_FILE,
@@ -183,3 +184,61 @@ def test_unbounded_rows_need_a_triggering_frequency():
     p = TestPipeline(options=options)
     with pytest.raises(ValueError, match="triggering_frequency"):
         _ = p | TestStream().advance_watermark_to_infinity() | WriteTFRecords("/tmp/x", SCHEMA)
+
+
+WIDE = RowSchema.from_bigquery_json(
+    [
+        {"name": "f", "type": "FLOAT", "mode": "REQUIRED"},
+        {"name": "n", "type": "NUMERIC", "mode": "NULLABLE"},
+        {"name": "i", "type": "INTEGER", "mode": "NULLABLE"},
+        {"name": "b", "type": "BOOLEAN", "mode": "NULLABLE"},
+        {"name": "s", "type": "STRING", "mode": "NULLABLE"},
+        {"name": "by", "type": "BYTES", "mode": "NULLABLE"},
+        {"name": "t", "type": "TIMESTAMP", "mode": "NULLABLE"},
+        {"name": "fs", "type": "FLOAT", "mode": "REPEATED"},
+        {"name": "is", "type": "INTEGER", "mode": "REPEATED"},
+        {"name": "ss", "type": "STRING", "mode": "REPEATED"},
+        {"name": "ünï" + "x" * 200, "type": "FLOAT", "mode": "NULLABLE"},  # multi-byte varints
+    ]
+)
+
+
+def _with_protobuf_api(row, schema):
+    """The oracle: the same mapping built with the protobuf message API."""
+    example = tf.train.Example()
+    features = example.features.feature
+    for field in schema:
+        value = row.get(field.name)
+        if value is None:
+            continue
+        values = value if field.repeated else [value]
+        if field.type in ("FLOAT", "NUMERIC"):
+            features[field.name].float_list.value.extend(float(v) for v in values)
+        elif field.type in ("INTEGER", "BOOLEAN"):
+            features[field.name].int64_list.value.extend(int(v) for v in values)
+        else:
+            features[field.name].bytes_list.value.extend(
+                v if isinstance(v, bytes) else v.encode() for v in values
+            )
+    return example
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"f": 0.5},
+        {"f": -1e-45, "n": 3, "i": -(2**63), "b": True, "s": "é€😀", "by": b"\x00\xff"},
+        {"f": 1e300, "n": -1e300, "i": 2**63 - 1, "b": False, "s": "", "by": b"", "t": "x"},
+        {"f": float("inf"), "i": -1, "fs": [], "is": [], "ss": []},
+        {"f": 3.4e38, "fs": [0.1, -2.5, 1e39], "is": [0, 1, -1, 300, 2**40], "ss": ["a", ""]},
+        {"f": 2.0, "ünï" + "x" * 200: 7.25, "ss": ["y" * 300]},
+    ],
+)
+def test_hand_written_wire_bytes_parse_to_what_the_protobuf_api_builds(row):
+    serialized = tfrecord_sink._ExampleEncoder(WIDE).serialize(row)
+    assert tf.train.Example.FromString(serialized) == _with_protobuf_api(row, WIDE)
+
+
+def test_integers_beyond_int64_are_refused():
+    with pytest.raises(ValueError, match="int64"):
+        row_to_example({"f": 1.0, "i": 2**63}, WIDE)
