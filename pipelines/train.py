@@ -16,7 +16,8 @@ by the end offsets at launch), then:
    ``metrics.json``, ``pr_curve.png``, ``score_histogram.png``, TensorBoard ``logs/`` and, last,
    ``model_info.json`` (its presence marks the version complete for the scorer).
 
-Training is deterministic for a seed: Keras seeding plus TensorFlow op determinism.
+Training is deterministic for a seed, across processes: Keras seeding, TensorFlow op
+determinism and tf.Transform analyzers over fixed batches (see ``AnalyzeAndWriteTransform``).
 
 Usage::
 

@@ -238,6 +238,10 @@ class AnalyzeAndWriteTransform(beam.PTransform):
         :data:`RAW_SCHEMA_FILE`.
       temp_dir: tf.Transform's scratch space; default ``<transform_dir>/tmp``.
       label, id_fields, log1p: as in :func:`preprocessing_fn_for`.
+      batch_size: rows per analyzer batch. Fixed, not Beam's adaptive batching: batch
+        boundaries that follow timing change the floating-point sums of the analyzers in the
+        last bits, and a model trained on them diverges (held-out PR-AUC 0.77–0.88 for one
+        seed). With it the same rows in the same order give the same artifact, byte for byte.
 
     Returns:
       PCollection of transformed rows (dicts of Python scalars).
@@ -252,10 +256,12 @@ class AnalyzeAndWriteTransform(beam.PTransform):
         label: str | None = None,
         id_fields: Collection[str] | None = None,
         log1p: Collection[str] = DEFAULT_LOG1P,
+        batch_size: int = 1000,
     ) -> None:
         super().__init__()
         self._schema = schema
         self._transform_dir = transform_dir
+        self._batch_size = batch_size
         self._temp_dir = temp_dir or FileSystems.join(transform_dir, "tmp")
         self._preprocessing_fn = preprocessing_fn_for(
             schema, label, id_fields=id_fields, log1p=log1p
@@ -263,7 +269,7 @@ class AnalyzeAndWriteTransform(beam.PTransform):
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         instances = rows | "ToInstance" >> beam.Map(to_instance, self._schema)
-        with tft_beam.Context(temp_dir=self._temp_dir):
+        with tft_beam.Context(temp_dir=self._temp_dir, desired_batch_size=self._batch_size):
             (transformed, _), transform_fn = (
                 instances,
                 raw_metadata(self._schema),

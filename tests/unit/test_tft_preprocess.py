@@ -170,3 +170,26 @@ def test_numeric_decimal_strings_become_floats() -> None:
     assert to_instance({"price": "12.50"}, schema) == {"price": 12.5}
     with pytest.raises(ValueError, match="field 'price': expected a number"):
         to_instance({"price": "twelve"}, schema)
+
+
+def test_the_same_rows_give_bit_identical_analyzer_results(tmp_path) -> None:
+    """Fixed analyzer batches: the trainer's seed must reproduce the model across processes."""
+    rng = np.random.default_rng(3)
+    xs, amounts = rng.normal(size=3000).tolist(), rng.lognormal(size=3000).tolist()
+    rows = [dict(ROWS[i % 6], event_id=f"e{i}", x=xs[i], Amount=amounts[i]) for i in range(3000)]
+    import tensorflow as tf
+
+    probe = {"x": tf.constant([xs[0], 1e-3]), "Amount": tf.constant([amounts[0], 7.0])}
+    results = []
+    for run in ("first", "second"):
+        directory = str(tmp_path / run)
+        with beam.Pipeline(runner="FnApiRunner") as p:
+            _ = (
+                p
+                | beam.Create(rows, reshuffle=False)
+                | AnalyzeAndWriteTransform(SCHEMA, directory, label="label", batch_size=97)
+            )
+        layer = tft.TFTransformOutput(directory).transform_features_layer()
+        outputs = layer(probe)
+        results.append({name: outputs[name].numpy().tobytes() for name in ("x", "Amount")})
+    assert results[0] == results[1]
