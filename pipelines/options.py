@@ -113,9 +113,15 @@ def options_class(name: str, declarations: Sequence[Option]) -> type[PipelineOpt
         # Runners show this (Dataflow's "Pipeline options" panel): literal secrets become ***.
         return redact_option_values(PipelineOptions.display_data(self), decls)
 
-    return type(name, (PipelineOptions,), {"_add_argparse_args": _add_argparse_args,
-                                           "display_data": display_data,
-                                           "DECLARATIONS": decls})
+    return type(
+        name,
+        (PipelineOptions,),
+        {
+            "_add_argparse_args": _add_argparse_args,
+            "display_data": display_data,
+            "DECLARATIONS": decls,
+        },
+    )
 
 
 def validate(options: PipelineOptions, declarations: Iterable[Option]) -> dict[str, Any]:
