@@ -138,6 +138,21 @@ def _packed_int64s(values: list[int]) -> bytes:
 _TAG_1, _TAG_2, _TAG_3 = b"\x0a", b"\x12", b"\x1a"
 _ONE_BYTE = tuple(bytes((number,)) for number in range(0x80))
 _INT64_MIN, _INT64_MAX, _UINT64_MASK = -(2**63), 2**63 - 1, 2**64 - 1
+_JUST_FLOAT = {float}
+
+
+def _feature(field_type: str, values: list) -> bytes:
+    """A ``Feature`` message: its float_list (2), int64_list (3) or bytes_list (1)."""
+    if field_type in _FLOAT_TYPES:
+        return _delimited(_TAG_2, _delimited(_TAG_1, _packed_floats(values)))
+    if field_type in _INT_TYPES:
+        return _delimited(_TAG_3, _delimited(_TAG_1, _packed_int64s(values)))
+    return _delimited(_TAG_1, b"".join(_delimited(_TAG_1, v) for v in values))
+
+
+def _map_entry(key: bytes, feature: bytes) -> bytes:
+    """One ``Features.feature`` map entry (field 1 of Features): key (1), Feature (2)."""
+    return _delimited(_TAG_1, key + _delimited(_TAG_2, feature))
 
 
 class _ExampleEncoder:
@@ -161,13 +176,8 @@ class _ExampleEncoder:
             fast = []
         self._rest = tuple(f for f in self._fields if f not in fast)
         self._fast_get = operator.itemgetter(*(f.name for f in fast)) if fast else None
-        prefixes = [
-            _TAG_1
-            + _varint(len(self._keys[f.name]) + 10)
-            + self._keys[f.name]
-            + b"\x12\x08\x12\x06\x0a\x04"
-            for f in fast
-        ]
+        # the entry of one float, less its last 4 bytes (the float)
+        prefixes = [_map_entry(self._keys[f.name], _feature("FLOAT", [0.0]))[:-4] for f in fast]
         self._fast_pack = struct.Struct("<" + "".join(f"{len(p)}sf" for p in prefixes)).pack
         self._fast_args = [item for prefix in prefixes for item in (prefix, 0.0)]
 
@@ -190,13 +200,7 @@ class _ExampleEncoder:
                 values = [_encode(field, v) for v in value]
             else:
                 values = [_encode(field, value)]
-            if field.type in _FLOAT_TYPES:
-                kind = _delimited(_TAG_2, _delimited(_TAG_1, _packed_floats(values)))
-            elif field.type in _INT_TYPES:
-                kind = _delimited(_TAG_3, _delimited(_TAG_1, _packed_int64s(values)))
-            else:
-                kind = _delimited(_TAG_1, b"".join(_delimited(_TAG_1, v) for v in values))
-            entries.append(_delimited(_TAG_1, self._keys[name] + _delimited(_TAG_2, kind)))
+            entries.append(_map_entry(self._keys[name], _feature(field.type, values)))
         return _delimited(_TAG_1, b"".join(entries))
 
     def _pack_fast(self, row: Mapping[str, Any]) -> bytes:
@@ -222,9 +226,6 @@ class _ExampleEncoder:
         from tensorflow.core.example import example_pb2
 
         return example_pb2.Example.FromString(self.serialize(row))
-
-
-_JUST_FLOAT = {float}
 
 
 def row_to_example(row: Mapping[str, Any], schema: RowSchema) -> Any:

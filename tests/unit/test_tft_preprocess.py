@@ -174,11 +174,11 @@ def test_numeric_decimal_strings_become_floats() -> None:
 
 def test_the_same_rows_give_bit_identical_analyzer_results(tmp_path) -> None:
     """Fixed analyzer batches: the trainer's seed must reproduce the model across processes."""
+    import tensorflow as tf
+
     rng = np.random.default_rng(3)
     xs, amounts = rng.normal(size=3000).tolist(), rng.lognormal(size=3000).tolist()
     rows = [dict(ROWS[i % 6], event_id=f"e{i}", x=xs[i], Amount=amounts[i]) for i in range(3000)]
-    import tensorflow as tf
-
     probe = {"x": tf.constant([xs[0], 1e-3]), "Amount": tf.constant([amounts[0], 7.0])}
     results = []
     for run in ("first", "second"):
