@@ -22,7 +22,10 @@ class Batch(list):
 
 
 class BatchCoder(coders.Coder):
-    """Pickles batches; estimates a batch's size as its first item's times its length."""
+    """Pickles batches; estimates a batch's size as its first item's times its length.
+
+    The first item of a batch of batches is estimated the same way, not pickled whole.
+    """
 
     def encode(self, value: Batch) -> bytes:
         return pickle.dumps(list(value), pickle.HIGHEST_PROTOCOL)
@@ -33,7 +36,10 @@ class BatchCoder(coders.Coder):
     def estimate_size(self, value: Batch) -> int:
         if not value:
             return 0
-        return len(pickle.dumps(value[0], pickle.HIGHEST_PROTOCOL)) * len(value)
+        first = value[0]
+        if type(first) is Batch:  # a batch of batches (chunks of one model call)
+            return self.estimate_size(first) * len(value)
+        return len(pickle.dumps(first, pickle.HIGHEST_PROTOCOL)) * len(value)
 
     def is_deterministic(self) -> bool:
         return False

@@ -166,10 +166,12 @@ class _DecodeFn(beam.DoFn):
         if type(output) is DeadLetter:
             yield pvalue.TaggedOutput(DEAD_LETTER_TAG, output)
         else:
+            self._counters.rows.inc()
             yield output
 
     def _decode_record(self, record: KafkaRecord) -> Any:
-        """The row (or ``(record, row)``), or the record's DeadLetter."""
+        """The row (or ``(record, row)``), or the record's DeadLetter (counted here; rows are
+        counted by the caller, once per batch in the batched form)."""
         try:
             payload = record.value
             if payload is None:
@@ -194,7 +196,6 @@ class _DecodeFn(beam.DoFn):
                 err.message,
             )
             return DeadLetter.from_record(record, err.stage, err.message, err.reason)
-        self._counters.rows.inc()
         return (record, row) if self._with_records else row
 
 
@@ -215,6 +216,7 @@ class _DecodeBatchFn(_DecodeFn):
             else:
                 rows.append(output)
         if rows:
+            self._counters.rows.inc(len(rows))
             yield rows
 
 

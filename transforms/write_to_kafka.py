@@ -11,6 +11,9 @@ Usage::
         config, "fraud-alerts", key_fn=lambda a: a["event_id"], value_fn=json.dumps
     )
 
+``WriteToKafka(...).batched()`` takes lists instead and writes each item, e.g. the prediction
+batches of ``ScoreEvents(...).batched()``.
+
 Without ``key_fn``/``value_fn`` the elements are ``(key, value)`` pairs or records with ``key``,
 ``value`` and optional ``headers`` attributes (such as :class:`KafkaRecord`). Keys and values
 may be ``bytes`` or ``str`` (UTF-8); a ``None`` key lets the partitioner spread messages and a
@@ -19,12 +22,13 @@ may be ``bytes`` or ``str`` (UTF-8); a ``None`` key lets the partitioner spread 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import threading
 import time
 import types
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any
 
 import apache_beam as beam
@@ -217,7 +221,12 @@ class _ProduceFn(beam.DoFn):
         return key, value, list(headers) if headers else None
 
     def process(self, element: Element) -> None:
-        key, value, headers = self._convert(element)
+        self._produce(*self._convert(element))
+        self._producer.poll(0)
+        if self._bundle.failed or self._shared.fatal is not None:
+            self._raise_if_failed()
+
+    def _produce(self, key: Any, value: Any, headers: Any) -> None:
         try:
             self._producer.produce(
                 self._topic, value, key, headers=headers, on_delivery=self._callback
@@ -231,9 +240,6 @@ class _ProduceFn(beam.DoFn):
                 f"value {type(value).__name__}: {err}"
             ) from None
         self._bundle.produced += 1
-        self._producer.poll(0)
-        if self._bundle.failed or self._shared.fatal is not None:
-            self._raise_if_failed()
 
     def _produce_when_room(self, key: Any, value: Any, headers: Any) -> None:
         """The local queue is full: serve delivery reports to make room, then retry."""
@@ -285,6 +291,18 @@ class _ProduceFn(beam.DoFn):
             )
 
 
+class _ProduceBatchFn(_ProduceFn):
+    """Produces every item of each list element; delivery reports are served once per list."""
+
+    def process(self, elements: Iterable[Element]) -> None:
+        produce, convert = self._produce, self._convert
+        for element in elements:
+            produce(*convert(element))
+        self._producer.poll(0)
+        if self._bundle.failed or self._shared.fatal is not None:
+            self._raise_if_failed()
+
+
 class WriteToKafka(beam.PTransform):
     """Write a PCollection to a Kafka topic; returns one :class:`KafkaWriteResult` per bundle.
 
@@ -328,11 +346,21 @@ class WriteToKafka(beam.PTransform):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable")
         factory = producer_factory or _new_producer
-        self._fn = _ProduceFn(config, topic, key_fn, value_fn, headers_fn, factory)
+        self._fn_args = (config, topic, key_fn, value_fn, headers_fn, factory)
+        self._fn_class: type[_ProduceFn] = _ProduceFn
         self._topic = topic
 
+    def batched(self) -> WriteToKafka:
+        """The same sink for a PCollection of lists (``ScoreEvents(...).batched()`` outputs):
+        every item is one message, ``key_fn``/``value_fn`` apply to items. Skips Beam's
+        per-element cost and serves delivery reports once per list."""
+        clone = copy.copy(self)
+        clone._fn_class = _ProduceBatchFn
+        return clone
+
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection[KafkaWriteResult]:
-        return pcoll | "Produce" >> beam.ParDo(self._fn).with_output_types(KafkaWriteResult)
+        produce = self._fn_class(*self._fn_args)
+        return pcoll | "Produce" >> beam.ParDo(produce).with_output_types(KafkaWriteResult)
 
     def display_data(self) -> dict[str, Any]:
         return {"topic": self._topic}

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import apache_beam as beam
 import pytest
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
@@ -16,9 +16,16 @@ from pipelines.options import OptionError, parse_and_validate
 from pipelines.score_events import OPTIONS, ScoreEventsOptions, build_pipeline
 from transforms.batch import Batch, BatchCoder
 from transforms.kafka_record import KafkaRecord
-from transforms.model_handler import SavedModelHandler
+from transforms.model_handler import SavedModelHandler, Score, Verdicts
 from transforms.schema import bundled_schema_path
-from transforms.scoring import Prediction, ScoreEvents, _BatchWithinBundleFn
+from transforms.scoring import (
+    Prediction,
+    ScoredBatch,
+    ScoredBatchCoder,
+    ScoreEvents,
+    _BatchScoringHandler,
+    _BatchWithinBundleFn,
+)
 
 SCORED_AT = 1_795_000_000.0  # 2026-11-18T11:06:40Z: a fixed scoring clock
 THRESHOLD = 1.5
@@ -110,15 +117,40 @@ def test_threshold_override_and_event_time_is_restored(model_root: str) -> None:
         )
 
 
-def test_batched_input_scores_like_single_pairs(model_root: str) -> None:
+def test_batched_scores_like_single_pairs_in_lists_at_the_earliest_event_time(
+    model_root: str,
+) -> None:
     events = [_event(i, 0.5 * i) for i in range(5)]
+    bad_record, bad_row = _event(9, 1.0)
+    expected = [_expected(r, row) for r, row in events]
     with TestPipeline() as p:
         scored = (
             p
-            | beam.Create([events[:3], events[3:]])
+            | beam.Create([events[:3], [*events[3:], (bad_record, {**bad_row, "V1": "x"})]])
             | ScoreEvents(SavedModelHandler(model_root), clock=_fixed_clock).batched()
         )
-        assert_that(scored.predictions, equal_to([_expected(r, row) for r, row in events]))
+        lists = (
+            scored.predictions
+            | "Lists"
+            >> beam.Map(
+                lambda batch, ts=beam.DoFn.TimestampParam: (
+                    type(batch).__name__,
+                    ts.micros
+                    == 1000
+                    * min(
+                        r.timestamp_ms for r, _ in events if r.offset in {p.offset for p in batch}
+                    ),
+                )
+            )
+            | beam.Distinct()
+        )
+        assert_that(lists, equal_to([("Batch", True)]), label="lists at the earliest time")
+        flat = scored.predictions | "Flatten" >> beam.FlatMap(lambda batch: batch)
+        assert_that(flat, equal_to(expected), label="predictions")
+        alerts = scored.alerts | "FlatAlerts" >> beam.FlatMap(lambda batch: batch)
+        assert_that(alerts, equal_to([e for e in expected if e.is_anomaly]), label="alerts")
+        dead = scored.dead_letters | beam.Map(lambda d: (d.offset, d.error_type))
+        assert_that(dead, equal_to([(9, "FeatureError")]), label="dead")
 
 
 def test_windowed_input_is_refused_at_construction(model_root: str) -> None:
@@ -165,10 +197,8 @@ def test_prediction_json() -> None:
         "partition": 1,
         "offset": 7,
     }
-    assert json.loads(dataclasses.replace(prediction, event_id='é"\n').to_json())["event_id"] == (
-        'é"\n'
-    )
-    odd = dataclasses.replace(prediction, key=None, event_id=42, score=1e-07, topic='t"x')
+    assert json.loads(prediction._replace(event_id='é"\n').to_json())["event_id"] == 'é"\n'
+    odd = prediction._replace(key=None, event_id=42, score=1e-07, topic='t"x')
     decoded = json.loads(odd.to_json())
     assert (decoded["key"], decoded["event_id"], decoded["score"], decoded["topic"]) == (
         None,
@@ -179,9 +209,12 @@ def test_prediction_json() -> None:
 
 
 def _batches(fn: _BatchWithinBundleFn, elements: list[int]) -> list[list[int]]:
+    """The model calls' batches the fn emits (each element is a list of them)."""
     fn.start_bundle()
     emitted = [wv.value for e in elements for wv in fn.process(e)]
-    return emitted + [wv.value for wv in fn.finish_bundle()]
+    emitted += [wv.value for wv in fn.finish_bundle()]
+    assert all(type(chunks) is Batch and chunks for chunks in emitted)
+    return [chunk for chunks in emitted for chunk in chunks]
 
 
 def test_batches_stay_within_a_bundle_and_respect_size_and_wait() -> None:
@@ -235,3 +268,66 @@ def test_score_events_checks_the_model_against_the_schema_at_launch(
     with pytest.raises(OptionError, match=r"needs features \['Time', 'V1'"):
         launch(model_root, "car_sensor")
     launch(model_root, "creditcard")  # builds
+
+
+class _Model:
+    """The plain handler's model (Beam's Shared needs an object it can weakly reference)."""
+
+
+class _KeyedPlainHandler(ModelHandler):
+    """A non-SavedModel handler on (KafkaRecord, row) pairs, used as Beam's stock ones are:
+    preprocessing on the batch, postprocessing on each result (as the benchmark adapts
+    TFModelHandlerNumpy)."""
+
+    def load_model(self):
+        return _Model()
+
+    def run_inference(self, batch, model, inference_args=None):
+        return [(record, PredictionResult(values, sum(values))) for record, values in batch]
+
+
+def _to_values(batch):
+    return [(record, [row[n] ** 2 / 30 for n in CREDITCARD_FEATURES]) for record, row in batch]
+
+
+def _to_score(pair):
+    record, result = pair
+    if record.offset == 2:  # a handler's own error for one event
+        return record, PredictionResult(result.example, ValueError("no score for this one"))
+    score = result.inference
+    return record, PredictionResult(result.example, Score(score, score > THRESHOLD, THRESHOLD, 7))
+
+
+def test_any_keyed_handler_scores_through_its_pre_and_postprocessing(model_root: str) -> None:
+    events = [_event(i, 0.5 * i) for i in range(5)]
+    handler = _KeyedPlainHandler().with_preprocess_fn(_to_values).with_postprocess_fn(_to_score)
+    expected = [_expected(r, row)._replace(model_version=7) for r, row in events if r.offset != 2]
+
+    with TestPipeline() as p:
+        scored = p | beam.Create([events]) | ScoreEvents(handler, clock=_fixed_clock).batched()
+        flat = scored.predictions | beam.FlatMap(lambda batch: batch)
+        assert_that(flat, equal_to(expected), label="predictions")
+        dead = scored.dead_letters | beam.Map(lambda d: (d.offset, d.error_type, d.error_message))
+        assert_that(dead, equal_to([(2, "ValueError", "no score for this one")]), label="dead")
+
+
+def test_a_handler_losing_results_fails_clearly() -> None:
+    pairs = Batch((_event(i, 1.0)[0], [1.0]) for i in range(4))
+    with pytest.raises(ValueError, match="returned 3 results for 4 events"):
+        _BatchScoringHandler(_DropOneHandler()).run_inference([pairs], None)
+
+
+class _DropOneHandler(_KeyedPlainHandler):
+    def run_inference(self, batch, model, inference_args=None):
+        return super().run_inference(batch, model)[:-1]
+
+
+def test_scored_batch_coder_round_trips_and_estimates_cheaply() -> None:
+    pairs = Batch(_event(i, 0.5) for i in range(4))
+    verdicts = Verdicts([0.1, 0.2, 0.3, 0.4], [False] * 4, [1.0] * 4, [3] * 4, {2: ValueError("x")})
+    coder = ScoredBatchCoder()
+    decoded = coder.decode(coder.encode(ScoredBatch(pairs, verdicts)))
+    assert decoded.pairs == pairs and type(decoded.pairs) is Batch
+    assert decoded.verdicts[:4] == verdicts[:4] and str(decoded.verdicts.errors[2]) == "x"
+    estimate = coder.estimate_size(ScoredBatch(pairs, verdicts))
+    assert 0.5 < estimate / len(coder.encode(ScoredBatch(pairs, verdicts))) < 2

@@ -288,3 +288,37 @@ def test_delivery_reports_from_other_threads_are_counted_exactly():
     assert bundle.pending() == 0
     assert (bundle.acked, bundle.acked_bytes) == (3990, 3 * 3990)
     assert bundle.describe_failures() == (10, "_MSG_TIMED_OUT: timed out (x10)")
+
+
+def test_batched_writes_every_item_of_each_list(config):
+    rows = [{"id": str(i), "score": i / 4} for i in range(7)]
+    with test_pipeline.TestPipeline() as p:
+        results = (
+            p
+            | beam.Create([rows[:3], rows[3:], []], reshuffle=False)
+            | WriteToKafka(
+                config,
+                TOPIC,
+                key_fn=lambda r: r["id"],
+                value_fn=lambda r: f"{r['score']}".encode(),
+                producer_factory=FakeProducer,
+            ).batched()
+            | beam.Map(lambda r: r.messages)
+            | beam.CombineGlobally(sum)
+        )
+        assert_that(results, equal_to([7]))
+    [producer] = FakeProducer.instances[config.extra["client.id"]]
+    assert producer.delivered == [(TOPIC, r["id"], f"{r['score']}".encode(), None) for r in rows]
+
+
+def test_batched_fails_the_bundle_on_a_failed_delivery(config, monkeypatch):
+    monkeypatch.setattr(
+        FakeProducer, "configure", staticmethod(lambda fp: fp.fail_values.add(b"bad"))
+    )
+    with pytest.raises(KafkaWriteError, match=r"1 of 3 messages were not delivered"):
+        with test_pipeline.TestPipeline() as p:
+            _ = (
+                p
+                | beam.Create([[(None, b"ok"), (None, b"bad"), (None, b"ok2")]])
+                | WriteToKafka(config, TOPIC, producer_factory=FakeProducer).batched()
+            )
