@@ -18,7 +18,7 @@ RUNTIME = [
     "attrs>=21.2.0",
     "google-cloud-bigquery==3.47.0",
     "fastavro==1.13.1",
-    "orjson==3.13.0",  # the decoder's fast JSON path (transforms/decode.py)
+    "msgspec==0.23.0",  # the decoder's fast JSON path (transforms/row_validation.py)
     "matplotlib>=3.8,<4",
     "tqdm>=4.66,<5",
     "tensorboard==2.21.0",  # the trainer's TensorBoard logs (Keras callback)

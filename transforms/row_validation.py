@@ -24,9 +24,10 @@ a REPEATED field must be a list (missing or null → ``[]``, BigQuery's meaning)
 Every row returned has exactly the schema's fields, in order. Fields the schema does not declare
 are rejected (``unknown_fields="reject"``) or dropped (``"ignore"``).
 
-:meth:`RowValidator.validate_fast` is the same check for the common case only, compiled once per
-schema into one straight-line function (the generic loop cost more than the JSON parse on the
-scorer's hot path); it gives up (``None``) on anything unusual and the caller then runs
+:meth:`RowValidator.decode_json_fast` is the same check for JSON bytes in the common case only:
+parsing and type checks happen in one pass in C (a :mod:`msgspec` struct compiled once per
+schema, ~2.5x faster than parsing with orjson and checking in Python); it gives up (``None``) on
+anything unusual and the caller then parses with :mod:`json` and runs
 :meth:`RowValidator.validate`, the one place that explains rejections.
 """
 
@@ -38,8 +39,11 @@ import datetime
 import decimal
 import math
 import re
+import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from transforms.rejection import Reason, Rejected
 from transforms.schema import Field, RowSchema
@@ -51,14 +55,15 @@ UNKNOWN_FIELD_POLICIES = ("reject", "ignore")
 _STAGE = "validate"
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _NUMERIC_MAX_INTEGER_DIGITS, _NUMERIC_MAX_SCALE = 29, 9
-#: The fast path accepts floats only below this magnitude: orjson turns integers beyond 64 bits
-#: into floats, which the exact path must see as the ints the standard json module makes.
-_FAST_FLOAT_LIMIT = 2.0**63
-#: Scalar types the compiled fast path checks inline; the others call their converter.
-_FAST_INLINE = {
-    "STRING": "type({v}) is str",
-    "BOOLEAN": "type({v}) is bool",
-    "INTEGER": "type({v}) is int and _INT64_MIN <= {v} <= _INT64_MAX",
+#: Types msgspec checks itself on the fast path, exactly as the converters below would: FLOAT
+#: takes ints (as floats) but not bools, and an overflowing number is refused, not made inf;
+#: INTEGER refuses floats and bools. The other scalars are decoded as JSON values (ints exact,
+#: like the json module) and converted afterwards.
+_FAST_TYPES: dict[str, Any] = {
+    "FLOAT": Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)],
+    "INTEGER": Annotated[int, msgspec.Meta(ge=_INT64_MIN, le=_INT64_MAX)],
+    "STRING": str,  # msgspec refuses invalid UTF-8 and lone surrogates, as _to_string does
+    "BOOLEAN": bool,
 }
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 
@@ -221,15 +226,13 @@ class RowValidator:
             (f.name, f.required, f.repeated, self._converter(f)) for f in schema.fields
         )
         self._names = frozenset(schema.names)
-        self._fast = _compile_fast_path(schema, self._reject_unknown, self._names)
+        self._fast_json = _compile_json_fast_path(schema, self._reject_unknown)
 
-    def validate_fast(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The row :meth:`validate` would return, or None when it takes the exact path to know.
-
-        Only for parsed JSON objects (ints exact, floats under 2**63 as :mod:`orjson` gives
-        them); None for any problem, unusual value, or a schema with RECORD/REPEATED fields.
-        """
-        return None if self._fast is None else self._fast(obj)
+    def decode_json_fast(self, payload: bytes) -> dict[str, Any] | None:
+        """The row ``validate(json.loads(payload))`` would return, or None when only that
+        exact path can tell (any problem, unusual value, or a schema with RECORD/REPEATED
+        fields)."""
+        return None if self._fast_json is None else self._fast_json(payload)
 
     def _converter(self, field: Field) -> Callable[[Any], Any]:
         if field.type != "RECORD":
@@ -280,72 +283,50 @@ class RowValidator:
         return row
 
 
-class _GiveUp(Exception):
-    """The fast path cannot vouch for a value; the exact path decides."""
+def _compile_json_fast_path(
+    schema: RowSchema, reject_unknown: bool
+) -> Callable[[bytes], dict[str, Any] | None] | None:
+    """A msgspec decoder of the schema's rows, plus the converters of the types it cannot check.
 
-
-def _fast_float(value: Any) -> float:
-    if type(value) is float and -_FAST_FLOAT_LIMIT < value < _FAST_FLOAT_LIMIT:  # also not NaN
-        return value
-    if type(value) is int and -_FAST_FLOAT_LIMIT <= value <= _FAST_FLOAT_LIMIT:
-        return float(value)
-    raise _GiveUp
-
-
-def _fast_converter(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def fast(value: Any) -> Any:
-        if type(value) is float and not -_FAST_FLOAT_LIMIT < value < _FAST_FLOAT_LIMIT:
-            raise _GiveUp
-        try:
-            return convert(value)
-        except _FieldError:
-            raise _GiveUp from None
-
-    return fast
-
-
-def _compile_fast_path(
-    schema: RowSchema, reject_unknown: bool, names: frozenset[str]
-) -> Callable[[Mapping[str, Any]], dict[str, Any] | None] | None:
-    """One generated function checking every field inline (no per-field call or dispatch)."""
+    Struct attributes are positional names (``f0``, ``f1``, …) renamed to the schema's, so any
+    field name works; the row is rebuilt in schema order from the struct's values.
+    """
     if any(f.type == "RECORD" or f.repeated for f in schema.fields):
         return None
-    namespace: dict[str, Any] = {
-        "_INT64_MIN": _INT64_MIN,
-        "_INT64_MAX": _INT64_MAX,
-        "_GiveUp": _GiveUp,
-        "_names": names,
-        "_float": _fast_float,
-        "_LIMIT": _FAST_FLOAT_LIMIT,
-    }
-    lines = ["def fast(obj):", "    get = obj.get", "    try:"]
-    values = []
+    fields: list[tuple[Any, ...]] = []
+    converted: list[tuple[str, bool, Callable[[Any], Any]]] = []
     for i, field in enumerate(schema.fields):
-        v = f"v{i}"
-        values.append(f"n{i}: {v}")
-        namespace[f"n{i}"] = field.name
-        lines.append(f"        {v} = get(n{i})")
-        if field.type in _FAST_INLINE:
-            check = _FAST_INLINE[field.type].format(v=v)
-            allow_null = "" if field.required else f"{v} is not None and "
-            lines.append(f"        if {allow_null}not ({check}): return None")
-            continue
-        if field.type == "FLOAT":  # the common finite float inline, anything else in _float
-            check = f"(type({v}) is not float or not -_LIMIT < {v} < _LIMIT)"
-            allow_null = "" if field.required else f"{v} is not None and "
-            lines.append(f"        if {allow_null}{check}: {v} = _float({v})")
-            continue
-        else:
-            namespace[f"c{i}"] = _fast_converter(_SCALARS[field.type])
-            convert = f"{v} = c{i}({v})"
-        if field.required:
-            lines.append(f"        {convert}")
-        else:
-            lines.append(f"        if {v} is not None: {convert}")
-    lines.append("    except _GiveUp:")
-    lines.append("        return None")
-    if reject_unknown:
-        lines.append("    if not _names.issuperset(obj): return None")
-    lines.append(f"    return {{{', '.join(values)}}}")
-    exec("\n".join(lines), namespace)  # noqa: S102 - code built above from field positions only
-    return namespace["fast"]
+        kind = _FAST_TYPES.get(field.type)
+        if kind is None:  # NUMERIC, TIMESTAMP, BYTES: any JSON value, then the converter
+            kind = Any
+            converted.append((field.name, field.required, _SCALARS[field.type]))
+        fields.append((f"f{i}", kind) if field.required else (f"f{i}", kind | None, None))
+    struct = msgspec.defstruct(
+        "FastRow",
+        fields,
+        kw_only=True,
+        forbid_unknown_fields=reject_unknown,
+        rename={f"f{i}": name for i, name in enumerate(schema.names)},
+    )
+    decode = msgspec.json.Decoder(struct).decode
+    astuple = msgspec.structs.astuple
+    names = tuple(schema.names)
+
+    def fast(payload: bytes) -> dict[str, Any] | None:
+        try:
+            row = dict(zip(names, astuple(decode(payload)), strict=True))
+        except msgspec.DecodeError:  # also msgspec.ValidationError
+            return None
+        for name, required, convert in converted:
+            value = row[name]
+            if value is None:
+                if required:
+                    return None
+                continue
+            try:
+                row[name] = convert(value)
+            except _FieldError:
+                return None
+        return row
+
+    return fast
