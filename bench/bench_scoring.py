@@ -42,15 +42,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+from transforms.heap import settle_heap
+from transforms.kafka_config import LOCAL_BROKER_SETTINGS as LOCAL
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEATURES = ("Time", *(f"V{i}" for i in range(1, 29)), "Amount")
 THRESHOLD = 1.0
 PARTITIONS = 3
-LOCAL = {
-    "receive.message.max.bytes": "2147483647",
-    "queued.min.messages": "1000",
-    "fetch.queue.backoff.ms": "100",
-}
 
 _LOGGER = logging.getLogger("bench_scoring")
 
@@ -508,6 +506,7 @@ def main() -> None:
                 bootstrap, model_root, source, sinks["b"], stock_handler(keras_path))))  # fmt: skip
         for name, fn in runs:
             wait_until_idle(pid)
+            settle_heap()  # the worker's one-time settle, as in bench_read_from_kafka.py
             seconds = fn()
             written = count_messages(bootstrap, sinks[name])
             results[name] = args.events / seconds

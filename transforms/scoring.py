@@ -66,9 +66,25 @@ _ALERT_TAG = "alerts"
 _json_str = json.encoder.encode_basestring_ascii  # a JSON string literal, quotes included
 
 
-def _rfc3339(epoch_seconds: float) -> str:
-    moment = datetime.datetime.fromtimestamp(epoch_seconds, datetime.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+class _MillisText:
+    """Epoch milliseconds as RFC 3339 UTC text (``2026-11-22T01:02:03.456Z``), cheaply.
+
+    Events come in time order, so the last millisecond's text is kept and the date and time of
+    the last second too: a new millisecond costs one small format, a new second one datetime.
+    """
+
+    def __init__(self) -> None:
+        self._ms = self._second = None
+        self._text = self._second_text = ""
+
+    def __call__(self, epoch_ms: int) -> str:
+        if epoch_ms != self._ms:
+            second, millis = divmod(epoch_ms, 1000)
+            if second != self._second:
+                moment = datetime.datetime.fromtimestamp(second, datetime.UTC).replace(tzinfo=None)
+                self._second, self._second_text = second, moment.isoformat(timespec="seconds")
+            self._ms, self._text = epoch_ms, f"{self._second_text}.{millis:03d}Z"
+        return self._text
 
 
 def _json_value(value: Any) -> str:
@@ -245,24 +261,17 @@ class _ToPredictionsFn(beam.DoFn):
         self._dead_letters = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
 
     def setup(self) -> None:
-        self._event_ms = -1
-        self._event_time = ""
+        self._event_text = _MillisText()
+        self._scoring_text = _MillisText()
         self._windows = (GlobalWindow(),)
 
     def _at(self, value: Any, timestamp_ms: int) -> WindowedValue:
         return windowed_value.create(value, timestamp_ms * 1000, self._windows)
 
-    def _event_text(self, timestamp_ms: int) -> str:
-        """The event time as text; events of a burst share milliseconds, so the last is kept."""
-        if timestamp_ms != self._event_ms:
-            self._event_ms = timestamp_ms
-            self._event_time = _rfc3339(timestamp_ms / 1000)
-        return self._event_time
-
     def process(self, scored: ScoredBatch) -> Iterator[Any]:
         pairs, verdicts = scored
         errors = verdicts.errors
-        scoring_time = _rfc3339(int(self._clock() * 1000) / 1000)  # the batch's, to the ms
+        scoring_time = self._scoring_text(int(self._clock() * 1000))  # the batch's, to the ms
         id_field, event_text, new = self._id_field, self._event_text, tuple.__new__
         batched = self._batched_output
         predictions, alerts = Batch(), Batch()

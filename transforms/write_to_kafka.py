@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import logging
 import threading
 import time
@@ -143,34 +144,42 @@ def _message_parts(element: Element) -> tuple[Any, Any, list[tuple[str, Any]] | 
 class _Deliveries:
     """Delivery reports of one bundle.
 
-    Callbacks run in whichever thread polls the shared producer, hence the lock. A fresh object
-    per bundle keeps late reports of a failed bundle out of the next one.
+    Callbacks run in whichever thread polls the shared producer. A success only appends the
+    message size to a list (atomic under the GIL; a lock per message cost ~0.6 µs of a ~5 µs
+    write); failures are rare and counted under the lock. A fresh object per bundle keeps late
+    reports of a failed bundle out of the next one.
     """
 
-    __slots__ = ("lock", "produced", "acked", "acked_bytes", "failed", "failures")
+    __slots__ = ("lock", "produced", "acked_sizes", "failed", "failures")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.produced = 0  # written only by the bundle's own thread
-        self.acked = 0
-        self.acked_bytes = 0
+        self.acked_sizes: list[int] = []
         self.failed = 0
         self.failures: dict[str, int] = {}  # distinct error -> count
 
     def on_delivery(self, err: confluent_kafka.KafkaError | None, msg: Any) -> None:
+        if err is None:
+            self.acked_sizes.append(len(msg))
+            return
         with self.lock:
-            if err is None:
-                self.acked += 1
-                self.acked_bytes += len(msg)
-            else:
-                self.failed += 1
-                text = f"{err.name()}: {err.str()}"
-                if text in self.failures or len(self.failures) < _MAX_REPORTED_ERRORS:
-                    self.failures[text] = self.failures.get(text, 0) + 1
+            self.failed += 1
+            text = f"{err.name()}: {err.str()}"
+            if text in self.failures or len(self.failures) < _MAX_REPORTED_ERRORS:
+                self.failures[text] = self.failures.get(text, 0) + 1
+
+    @property
+    def acked(self) -> int:
+        return len(self.acked_sizes)
+
+    @property
+    def acked_bytes(self) -> int:
+        return sum(self.acked_sizes)
 
     def pending(self) -> int:
         with self.lock:
-            return self.produced - self.acked - self.failed
+            return self.produced - len(self.acked_sizes) - self.failed
 
     def describe_failures(self) -> tuple[int, str]:
         with self.lock:
@@ -217,29 +226,35 @@ class _ProduceFn(beam.DoFn):
     def _convert_with_fns(self, element: Element) -> tuple[Any, Any, Any]:
         key = self._key_fn(element) if self._key_fn else None
         value = self._value_fn(element) if self._value_fn else element
-        headers = self._headers_fn(element) if self._headers_fn else None
-        return key, value, list(headers) if headers else None
+        return key, value, self._headers(element) if self._headers_fn else None
+
+    def _headers(self, element: Element) -> list[Any] | None:
+        headers = self._headers_fn(element)
+        return list(headers) if headers else None
 
     def process(self, element: Element) -> None:
-        self._produce(*self._convert(element))
+        self._produce_all((self._convert(element),))
+
+    def _produce_all(self, messages: Iterable[tuple[Any, Any, Any]]) -> None:
+        """Produce ``(key, value, headers)`` messages, then serve the delivery reports due."""
+        produce, topic, callback = self._producer.produce, self._topic, self._callback
+        count = 0
+        for key, value, headers in messages:
+            try:
+                produce(topic, value, key, headers=headers, on_delivery=callback)
+            except BufferError:
+                self._produce_when_room(key, value, headers)
+            except TypeError as err:
+                raise TypeError(
+                    f"WriteToKafka({self._topic!r}): key and value must be bytes, str or None "
+                    f"(headers a list of (str, bytes) pairs); got key {type(key).__name__}, "
+                    f"value {type(value).__name__}: {err}"
+                ) from None
+            count += 1
+        self._bundle.produced += count
         self._producer.poll(0)
         if self._bundle.failed or self._shared.fatal is not None:
             self._raise_if_failed()
-
-    def _produce(self, key: Any, value: Any, headers: Any) -> None:
-        try:
-            self._producer.produce(
-                self._topic, value, key, headers=headers, on_delivery=self._callback
-            )
-        except BufferError:
-            self._produce_when_room(key, value, headers)
-        except TypeError as err:
-            raise TypeError(
-                f"WriteToKafka({self._topic!r}): key and value must be bytes, str or None "
-                f"(headers a list of (str, bytes) pairs); got key {type(key).__name__}, "
-                f"value {type(value).__name__}: {err}"
-            ) from None
-        self._bundle.produced += 1
 
     def _produce_when_room(self, key: Any, value: Any, headers: Any) -> None:
         """The local queue is full: serve delivery reports to make room, then retry."""
@@ -292,15 +307,22 @@ class _ProduceFn(beam.DoFn):
 
 
 class _ProduceBatchFn(_ProduceFn):
-    """Produces every item of each list element; delivery reports are served once per list."""
+    """Produces every item of each list element; delivery reports are served once per list.
+
+    Keys and values are computed with ``map`` over the list: no Python frame per message
+    beyond ``key_fn``/``value_fn`` themselves.
+    """
 
     def process(self, elements: Iterable[Element]) -> None:
-        produce, convert = self._produce, self._convert
-        for element in elements:
-            produce(*convert(element))
-        self._producer.poll(0)
-        if self._bundle.failed or self._shared.fatal is not None:
-            self._raise_if_failed()
+        if not isinstance(elements, list):
+            elements = list(elements)
+        if not (self._key_fn or self._value_fn or self._headers_fn):
+            self._produce_all(map(_message_parts, elements))
+            return
+        keys = map(self._key_fn, elements) if self._key_fn else itertools.repeat(None)
+        values = map(self._value_fn, elements) if self._value_fn else elements
+        headers = map(self._headers, elements) if self._headers_fn else itertools.repeat(None)
+        self._produce_all(zip(keys, values, headers, strict=False))  # repeat() is endless
 
 
 class WriteToKafka(beam.PTransform):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import random
 
 import apache_beam as beam
 import pytest
@@ -25,6 +27,7 @@ from transforms.scoring import (
     ScoreEvents,
     _BatchScoringHandler,
     _BatchWithinBundleFn,
+    _MillisText,
 )
 
 SCORED_AT = 1_795_000_000.0  # 2026-11-18T11:06:40Z: a fixed scoring clock
@@ -331,3 +334,13 @@ def test_scored_batch_coder_round_trips_and_estimates_cheaply() -> None:
     assert decoded.verdicts[:4] == verdicts[:4] and str(decoded.verdicts.errors[2]) == "x"
     estimate = coder.estimate_size(ScoredBatch(pairs, verdicts))
     assert 0.5 < estimate / len(coder.encode(ScoredBatch(pairs, verdicts))) < 2
+
+
+def test_event_times_are_formatted_like_isoformat_to_the_millisecond() -> None:
+    text = _MillisText()
+    rng = random.Random(3)
+    moments = [-1, 0, 999, 1000, 1_790_000_000_999, 1_790_000_001_000, 1_790_000_000_999]
+    moments += sorted(rng.randrange(-(10**12), 4 * 10**12) for _ in range(2000))
+    for ms in moments:
+        moment = datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC)
+        assert text(ms) == moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
