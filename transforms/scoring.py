@@ -445,5 +445,7 @@ class ScoreEvents(beam.PTransform):
     def _to_predictions(self) -> beam.PTransform:
         to_predictions = beam.ParDo(_ToPredictionsFn(self._id_field, self._clock, self._batched))
         if self._batched:  # lists get BatchCoder's cheap size estimate (Any would pickle them)
-            to_predictions = to_predictions.with_output_types(Batch, **{_ALERT_TAG: Batch})
+            to_predictions = to_predictions.with_output_types(
+                Batch, **{_ALERT_TAG: Batch, DEAD_LETTER_TAG: DeadLetter}
+            )
         return to_predictions.with_outputs(_ALERT_TAG, DEAD_LETTER_TAG, main="predictions")
