@@ -685,3 +685,32 @@ def test_batched_emits_lists_of_one_partition_in_offset_order(cluster):
             )
         )
         assert_that(ordered | beam.Distinct(), equal_to([True]), label="Batches")
+
+
+class _TimedConsumer:
+    """Records consume() calls; returns the scripted batches (librdkafka's timeout semantics
+    are not simulated: the test checks which calls a poll makes)."""
+
+    def __init__(self, batches: list[list]) -> None:
+        self._batches = batches
+        self.calls: list[tuple[int, float]] = []
+
+    def consume(self, num_messages, timeout):
+        self.calls.append((num_messages, timeout))
+        return self._batches.pop(0) if self._batches else []
+
+
+def test_a_draining_poll_takes_what_is_fetched_and_waits_only_for_a_first_message():
+    good = _log("t", 1, 5)[0]
+    fetched = _TimedConsumer([good[:3]])
+    assert _PartitionConsumer(fetched, "t", 0).poll(10, 0.1, drain=True) == good[:3]
+    assert fetched.calls == [(10, 0)]  # what was there, at once
+
+    empty_then_some = _TimedConsumer([[], [good[0]], good[1:4]])
+    reader = _PartitionConsumer(empty_then_some, "t", 0)
+    assert reader.poll(10, 0.1, drain=True) == good[:4]
+    assert empty_then_some.calls == [(10, 0), (1, 0.1), (9, 0)]
+
+    filling = _TimedConsumer([good])
+    assert _PartitionConsumer(filling, "t", 0).poll(10, 0.1) == good
+    assert filling.calls == [(10, 0.1)]  # bounded reads still fill batches
