@@ -274,7 +274,8 @@ class _ToPredictionsFn(beam.DoFn):
         scoring_time = self._scoring_text(int(self._clock() * 1000))  # the batch's, to the ms
         id_field, event_text, new = self._id_field, self._event_text, tuple.__new__
         batched = self._batched_output
-        predictions, alerts = Batch(), Batch()
+        predictions, alerts = Batch(), Batch()  # kept only with batched output
+        scored = alerted = 0
         earliest_ms = None
         for index, ((record, row), score, flag, threshold, version) in enumerate(
             zip(pairs, *verdicts[:4], strict=True)
@@ -301,10 +302,13 @@ class _ToPredictionsFn(beam.DoFn):
                     record.offset,
                 ),
             )
-            predictions.append(prediction)
+            scored += 1
             if flag:
-                alerts.append(prediction)
+                alerted += 1
             if batched:
+                predictions.append(prediction)
+                if flag:
+                    alerts.append(prediction)
                 if earliest_ms is None or timestamp_ms < earliest_ms:
                     earliest_ms = timestamp_ms
             else:
@@ -312,10 +316,11 @@ class _ToPredictionsFn(beam.DoFn):
                 yield output
                 if flag:
                     yield pvalue.TaggedOutput(_ALERT_TAG, output)
-        self._predictions.inc(len(predictions))
-        if alerts:
-            self._alerts.inc(len(alerts))
-        if batched and predictions:
+        if scored:
+            self._predictions.inc(scored)
+        if alerted:
+            self._alerts.inc(alerted)
+        if predictions:
             yield self._at(predictions, earliest_ms)
             if alerts:
                 yield pvalue.TaggedOutput(_ALERT_TAG, self._at(alerts, earliest_ms))

@@ -8,6 +8,7 @@ import random
 
 import apache_beam as beam
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -21,6 +22,7 @@ from transforms.kafka_record import KafkaRecord
 from transforms.model_handler import SavedModelHandler, Score, Verdicts
 from transforms.schema import bundled_schema_path
 from transforms.scoring import (
+    METRICS_NAMESPACE,
     Prediction,
     ScoredBatch,
     ScoredBatchCoder,
@@ -154,6 +156,32 @@ def test_batched_scores_like_single_pairs_in_lists_at_the_earliest_event_time(
         assert_that(alerts, equal_to([e for e in expected if e.is_anomaly]), label="alerts")
         dead = scored.dead_letters | beam.Map(lambda d: (d.offset, d.error_type))
         assert_that(dead, equal_to([(9, "FeatureError")]), label="dead")
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["single", "batched"])
+def test_counters_count_predictions_alerts_and_dead_letters(model_root: str, batched: bool) -> None:
+    events = [_event(i, 0.5 * i) for i in range(6)]
+    bad_record, bad_row = _event(9, 1.0)
+    inputs = [*events, (bad_record, {**bad_row, "V2": None})]
+    alerts = sum(expected_score(row) > THRESHOLD for _, row in events)
+    scorer = ScoreEvents(SavedModelHandler(model_root), clock=_fixed_clock)
+
+    p = TestPipeline()
+    if batched:
+        _ = p | beam.Create([inputs[:4], inputs[4:]]) | scorer.batched()
+    else:
+        _ = p | beam.Create(inputs) | scorer
+    result = p.run()
+    result.wait_until_finish()
+
+    counters = {
+        c.key.metric.name: c.committed
+        for c in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))[
+            "counters"
+        ]
+    }
+    assert 0 < alerts < len(events)
+    assert counters == {"predictions": len(events), "alerts": alerts, "dead_letters": 1}
 
 
 def test_windowed_input_is_refused_at_construction(model_root: str) -> None:
