@@ -12,7 +12,9 @@ plus both handlers' ``run_inference`` alone (no Beam, no Kafka) on the same rows
 (a) and (b) read the backlog with ``stop="end_at_launch"`` in batch mode on the default runner;
 times include pipeline start-up. Then latency: the real streaming pipeline
 (``python -m pipelines.score_events --runner=FnApiRunner --streaming``) fed at ``--rate`` msg/s;
-p50/p99 of prediction arrival minus the event's Kafka timestamp.
+p50/p99 of prediction arrival minus the event's Kafka timestamp, next to the same run's baseline:
+the events read straight from the input topic by the same consumer (what the broker and
+librdkafka alone cost), and the broker's and the scorer's CPU over the run.
 
 The model is a dense autoencoder 30→14→7→7→30 (the seeds' demo shape) with random weights:
 speed, not quality, is measured. By default the benchmark runs its own broker on a private port
@@ -39,6 +41,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -87,23 +90,23 @@ class PrivateBroker:
         return None
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_until_idle(pid: int | None, quiet_s: float = 3.0, timeout_s: float = 120.0) -> None:
     """Wait until process ``pid`` used < 5 % CPU for ``quiet_s`` (noida-db snapshots its state)."""
     if pid is None:
         time.sleep(quiet_s)
         return
-
-    def ticks() -> int:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-
-    hz = os.sysconf("SC_CLK_TCK")
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        before = ticks()
+        before = cpu_seconds(pid)
         time.sleep(quiet_s)
-        if (ticks() - before) / hz / quiet_s < 0.05:
+        if (cpu_seconds(pid) - before) / quiet_s < 0.05:
             return
     _LOGGER.warning("broker still busy after %.0f s; timing anyway", timeout_s)
 
@@ -334,12 +337,26 @@ def raw_loop(bootstrap: str, model_root: str, source: str, sink: str, count: int
 # --- latency --------------------------------------------------------------------------------------
 
 
-def measure_latency(
-    bootstrap: str, model_root: str, rate: int, seconds: float
-) -> list[tuple[float, float]]:
-    """Run the streaming pipeline; feed ``rate`` msg/s; (send time, latency) per prediction, in s.
+class Latencies(NamedTuple):
+    """(send time, latency) pairs in s; the send time counts from the first timed event."""
 
-    The send time counts from the first timed event (event ``i`` is sent at ``i / rate``)."""
+    pipeline: list[tuple[float, float]]  # produce → prediction read back from the output topic
+    broker: list[tuple[float, float]]  # produce → the same event read from the input topic
+    cpu: list[tuple[float, float, float]]  # (time, broker cores, scorer cores) every CPU_SAMPLE_S
+
+
+CPU_SAMPLE_S = 0.5
+
+
+def measure_latency(
+    bootstrap: str, model_root: str, rate: int, seconds: float, broker_pid: int | None = None
+) -> Latencies:
+    """Run the streaming pipeline and feed it ``rate`` msg/s (event ``i`` sent at ``i / rate``).
+
+    The baseline in the same run: the same consumer reads the input topic too, i.e. what the
+    broker and librdkafka alone cost — broker stalls (noida-db's state snapshots) show in both
+    series, the pipeline's own in one. The broker's (if ``broker_pid``) and the scorer's CPU are
+    sampled alongside."""
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     from transforms.schema import bundled_schema_path
@@ -356,33 +373,56 @@ def measure_latency(
          f"--schemaPath={bundled_schema_path('creditcard')}", f"--modelPath={model_root}"],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
+    # One consumer reads both topics: a second client would cost the 2-core machine enough CPU
+    # to move the pipeline's p99 by hundreds of ms.
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-read-{suffix}",
                          **LOCAL, "fetch.queue.backoff.ms": "5"})  # fmt: skip
-    consumer.assign([TopicPartition(sink, p, 0) for p in range(PARTITIONS)])
+    consumer.assign([TopicPartition(t, p, 0) for t in (sink, source) for p in range(PARTITIONS)])
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": "0"})
-    latencies: list[tuple[float, float]] = []
+    latencies = Latencies([], [], [])
     received: set[str] = set()
     stop = threading.Event()
+
+    def sample_cpu(origin: float) -> None:
+        pids = (broker_pid, scorer.pid)
+        before = [cpu_seconds(pid) if pid else 0.0 for pid in pids]
+        while not stop.wait(CPU_SAMPLE_S):
+            try:
+                now = [cpu_seconds(pid) if pid else 0.0 for pid in pids]
+            except OSError:  # a process ended early: the run reports what arrived
+                return
+            cores = [(a - b) / CPU_SAMPLE_S for a, b in zip(now, before, strict=True)]
+            latencies.cpu.append((time.perf_counter() - origin, *cores))
+            before = now
 
     def collect() -> None:
         while not stop.is_set():
             for message in consumer.consume(1000, 0.05):
-                if message.error() is None:
-                    value = json.loads(message.value())
-                    arrived = time.time()
+                if message.error() is not None:
+                    continue
+                arrived = time.time()
+                value = json.loads(message.value())
+                event_id = value["event_id"]
+                if message.topic() == sink:
+                    received.add(event_id)
+                if not event_id.startswith("lat-"):
+                    continue
+                sent_s = int(event_id[4:]) / rate
+                if message.topic() == sink:
                     event_ms = _event_ms(value["event_time"])
-                    if value["event_id"].startswith("lat-"):
-                        sent_s = int(value["event_id"][4:]) / rate
-                        latencies.append((sent_s, arrived - event_ms / 1000))
-                    received.add(value["event_id"])
+                    latencies.pipeline.append((sent_s, arrived - event_ms / 1000))
+                else:
+                    latencies.broker.append((sent_s, arrived - message.timestamp()[1] / 1000))
 
-    collector = threading.Thread(target=collect, daemon=True)
-    collector.start()
+    threads = [threading.Thread(target=collect, daemon=True)]
+    threads[0].start()
     try:
         _produce_until(producer, source, lambda: "warm-up" in received, timeout=180)
         interval = 1.0 / rate
         total = int(rate * seconds)
         started = time.perf_counter()
+        threads.append(threading.Thread(target=sample_cpu, args=(started,), daemon=True))
+        threads[-1].start()
         for i in range(total):
             target = started + i * interval
             delay = target - time.perf_counter()
@@ -394,13 +434,14 @@ def measure_latency(
             producer.poll(0)
         producer.flush(30)
         deadline = time.time() + 30
-        while len(latencies) < total and time.time() < deadline:
+        while len(latencies.pipeline) < total and time.time() < deadline:
             time.sleep(0.2)
-        if len(latencies) < total:
-            _LOGGER.warning("only %d of %d latency events arrived", len(latencies), total)
+        if len(latencies.pipeline) < total:
+            _LOGGER.warning("only %d of %d latency events arrived", len(latencies.pipeline), total)
     finally:
         stop.set()
-        collector.join(5)
+        for thread in threads:
+            thread.join(5)
         consumer.close()
         os.killpg(scorer.pid, signal.SIGTERM)
         try:
@@ -411,31 +452,58 @@ def measure_latency(
     return latencies
 
 
-def plot_latency(samples: list[tuple[float, float]], rate: int, path: str) -> None:
-    """Latency over the run (spikes show when they happen) and its CDF, with p50/p99/target."""
+def percentiles_ms(samples: list[tuple[float, float]]) -> tuple[float, float]:
+    p50, p99 = np.percentile([latency for _, latency in samples], [50, 99]) * 1000
+    return float(p50), float(p99)
+
+
+def plot_latency(latencies: Latencies, rate: int, path: str) -> None:
+    """Latency over the run next to the broker-only baseline and both processes' CPU (spikes show
+    when they happen and whose they are), and both CDFs, with p50/p99/target."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sent, latency_ms = np.array(samples).T
-    latency_ms = latency_ms * 1000
-    p50, p99 = np.percentile(latency_ms, [50, 99])
-    fig, (over_time, cdf) = plt.subplots(1, 2, figsize=(11, 4), width_ratios=(2, 1))
-    over_time.scatter(sent, latency_ms, s=2, alpha=0.4, color="tab:blue", rasterized=True)
-    cdf.plot(np.sort(latency_ms), np.linspace(0, 1, len(latency_ms)), color="tab:blue")
+    fig, axes = plt.subplot_mosaic(
+        [["time", "cdf"], ["cpu", "cdf"]],
+        figsize=(11, 5.5),
+        width_ratios=(2, 1),
+        height_ratios=(3, 1),
+        sharex=False,
+    )
+    over_time, cpu, cdf = axes["time"], axes["cpu"], axes["cdf"]
+    p50, p99 = percentiles_ms(latencies.pipeline)
+    for samples, color, label in (
+        (latencies.broker, "tab:gray", "broker only (input topic)"),
+        (latencies.pipeline, "tab:blue", "pipeline (prediction)"),
+    ):
+        if not samples:
+            continue
+        sent, latency_ms = np.array(samples).T
+        latency_ms = latency_ms * 1000
+        over_time.scatter(sent, latency_ms, s=2, alpha=0.4, color=color, rasterized=True)
+        cdf.plot(np.sort(latency_ms), np.linspace(0, 1, len(latency_ms)), color=color, label=label)
     for axis, draw in ((over_time, over_time.axhline), (cdf, cdf.axvline)):
-        draw(p50, color="tab:green", linestyle="--", label=f"p50 {p50:.0f} ms")
-        draw(p99, color="tab:orange", linestyle="--", label=f"p99 {p99:.0f} ms")
+        draw(p50, color="tab:green", linestyle="--", label=f"pipeline p50 {p50:.0f} ms")
+        draw(p99, color="tab:orange", linestyle="--", label=f"pipeline p99 {p99:.0f} ms")
         draw(1000, color="tab:red", linestyle=":", label="target p99 1 s")
         axis.grid(alpha=0.3)
     over_time.set(
-        xlabel="time since the first event (s)",
-        ylabel="produce → prediction (ms)",
-        title=f"Live scoring latency at {rate} msg/s ({len(samples):,} events)",
+        ylabel="produce → read (ms)",
+        title=f"Live scoring latency at {rate} msg/s ({len(latencies.pipeline):,} events)",
     )
-    over_time.legend(loc="upper right")
-    cdf.set(xlabel="produce → prediction (ms)", ylabel="fraction of events", title="CDF")
+    over_time.legend(loc="upper right", fontsize="small")
+    if latencies.cpu:
+        at, broker_cores, scorer_cores = np.array(latencies.cpu).T
+        cpu.plot(at, broker_cores, color="tab:gray", label="broker")
+        cpu.plot(at, scorer_cores, color="tab:blue", label="scoring pipeline")
+        cpu.legend(loc="upper right", fontsize="small")
+    cpu.set(xlabel="time since the first event (s)", ylabel="CPU (cores)")
+    cpu.set_xlim(over_time.get_xlim())
+    cpu.grid(alpha=0.3)
+    cdf.set(xlabel="produce → read (ms)", ylabel="fraction of events", title="CDF")
+    cdf.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -531,13 +599,29 @@ def main() -> None:
 
         if not args.skip_latency:
             wait_until_idle(pid)
-            latencies = measure_latency(bootstrap, model_root, args.rate, args.latency_seconds)
-            if latencies:
-                p50, p99 = np.percentile([latency for _, latency in latencies], [50, 99])
+            latencies = measure_latency(
+                bootstrap, model_root, args.rate, args.latency_seconds, broker_pid=pid
+            )
+            if latencies.pipeline:
+                p50, p99 = percentiles_ms(latencies.pipeline)
                 print(
-                    f"\nlatency at {args.rate} msg/s streaming ({len(latencies)} events): "
-                    f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms  (target p99 <= 1 s)"
+                    f"\nlatency at {args.rate} msg/s streaming ({len(latencies.pipeline)} events): "
+                    f"p50 {p50:.0f} ms, p99 {p99:.0f} ms  (target p99 <= 1 s)"
                 )
+                if latencies.broker:
+                    base50, base99 = percentiles_ms(latencies.broker)
+                    print(
+                        f"  broker only, same run ({len(latencies.broker)} events): "
+                        f"p50 {base50:.0f} ms, p99 {base99:.0f} ms; "
+                        f"pipeline/broker p50 {p50 / base50:.1f}x, p99 {p99 / base99:.1f}x"
+                    )
+                if latencies.cpu:
+                    broker_cores, scorer_cores = np.array(latencies.cpu)[:, 1:].T
+                    print(
+                        f"  CPU cores median/max: broker {np.median(broker_cores):.2f}/"
+                        f"{broker_cores.max():.2f}, scorer {np.median(scorer_cores):.2f}/"
+                        f"{scorer_cores.max():.2f}"
+                    )
                 if args.plot:
                     plot_latency(latencies, args.rate, args.plot)
                     print(f"latency plot: {args.plot}")
