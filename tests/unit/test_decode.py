@@ -12,9 +12,9 @@ import struct
 import apache_beam as beam
 import fastavro
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from beam_metrics import committed_counters
 from local_schema_registry import FAILING_ID, LocalSchemaRegistry
 
 from transforms.avro_decoding import AvroDecoder, ConfluentAvroDecoder
@@ -505,12 +505,7 @@ def test_pipeline_routes_every_input_once_and_counts_outcomes():
     result = pipeline.run()
     result.wait_until_finish()
 
-    counters = {
-        c.key.metric.name: c.committed
-        for c in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))[
-            "counters"
-        ]
-    }
+    counters = committed_counters(result, METRICS_NAMESPACE)
     assert counters["rows"] == len(good)
     assert counters["dead_letters"] == len(bad)
     assert counters[Reason.WRONG_TYPE] == sum(r == Reason.WRONG_TYPE for _, r in expected_bad)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import apache_beam as beam
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from beam_metrics import committed_counters
 
 from transforms.enrich import (
     BigQueryReference,
@@ -145,12 +145,7 @@ def test_inner_join_drops_and_counts_unmatched_rows(cars_csv):
     )
     result = pipeline.run()
     result.wait_until_finish()
-    counters = {
-        c.key.metric.name: c.committed
-        for c in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))[
-            "counters"
-        ]
-    }
+    counters = committed_counters(result, METRICS_NAMESPACE)
     assert (counters["enrich.matched"], counters["enrich.unmatched"]) == (2, 2)
 
 

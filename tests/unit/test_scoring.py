@@ -8,11 +8,11 @@ import random
 
 import apache_beam as beam
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
+from beam_metrics import committed_counters
 from tiny_anomaly_model import CREDITCARD_FEATURES, expected_score, write_model
 
 from pipelines.options import OptionError, parse_and_validate
@@ -174,12 +174,7 @@ def test_counters_count_predictions_alerts_and_dead_letters(model_root: str, bat
     result = p.run()
     result.wait_until_finish()
 
-    counters = {
-        c.key.metric.name: c.committed
-        for c in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))[
-            "counters"
-        ]
-    }
+    counters = committed_counters(result, METRICS_NAMESPACE)
     assert 0 < alerts < len(events)
     assert counters == {"predictions": len(events), "alerts": alerts, "dead_letters": 1}
 
