@@ -470,7 +470,6 @@ def plot_latency(latencies: Latencies, rate: int, path: str) -> None:
         figsize=(11, 5.5),
         width_ratios=(2, 1),
         height_ratios=(3, 1),
-        sharex=False,
     )
     over_time, cpu, cdf = axes["time"], axes["cpu"], axes["cdf"]
     p50, p99 = percentiles_ms(latencies.pipeline)
