@@ -243,6 +243,8 @@ class _ProduceFn(beam.DoFn):
             try:
                 produce(topic, value, key, headers=headers, on_delivery=callback)
             except BufferError:
+                self._bundle.produced += count  # a failure raised while waiting counts these
+                count = 0
                 self._produce_when_room(key, value, headers)
             except TypeError as err:
                 raise TypeError(

@@ -7,9 +7,9 @@ import threading
 import apache_beam as beam
 import confluent_kafka
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
+from beam_metrics import committed_counters
 
 from transforms import write_to_kafka
 from transforms.kafka_config import KafkaConfig
@@ -105,12 +105,7 @@ def _write(config, elements, **kwargs):
             | beam.CombineGlobally(_sum_results)
         )
         assert_that(totals, equal_to([(TOPIC, len(elements), _value_bytes(elements, kwargs))]))
-    counters = {
-        c.key.metric.name: c.committed
-        for c in p.result.metrics().query(
-            MetricsFilter().with_namespace("kafka_beam_ml.WriteToKafka")
-        )["counters"]
-    }
+    counters = committed_counters(p.result, "kafka_beam_ml.WriteToKafka")
     [producer] = FakeProducer.instances[config.extra["client.id"]]
     return producer, counters
 
@@ -309,6 +304,21 @@ def test_batched_writes_every_item_of_each_list(config):
         assert_that(results, equal_to([7]))
     [producer] = FakeProducer.instances[config.extra["client.id"]]
     assert producer.delivered == [(TOPIC, r["id"], f"{r['score']}".encode(), None) for r in rows]
+
+
+def test_batched_failure_seen_while_waiting_for_room_counts_the_list_so_far(config, monkeypatch):
+    def configure(fp):
+        fp.fail_values.add(b"bad")
+        fp.capacity = 2  # the third message waits for room; serving reports reveals the failure
+
+    monkeypatch.setattr(FakeProducer, "configure", staticmethod(configure))
+    with pytest.raises(KafkaWriteError, match=r"1 of 2 messages were not delivered"):
+        with test_pipeline.TestPipeline() as p:
+            _ = (
+                p
+                | beam.Create([[(None, b"bad"), (None, b"ok1"), (None, b"ok2"), (None, b"ok3")]])
+                | WriteToKafka(config, TOPIC, producer_factory=FakeProducer).batched()
+            )
 
 
 def test_batched_fails_the_bundle_on_a_failed_delivery(config, monkeypatch):
