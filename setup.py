@@ -1,6 +1,6 @@
 """Distribution for kafka-beam-ml; also Dataflow's ``--setup_file`` so workers get the same code."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # The stack known to work together (see ../shared/FINDINGS.md). Workers install exactly these.
 RUNTIME = [
@@ -18,7 +18,7 @@ RUNTIME = [
     "attrs>=21.2.0",
     "google-cloud-bigquery==3.47.0",
     "fastavro==1.13.1",
-    "msgspec==0.23.0",  # the decoder's fast JSON path (transforms/row_validation.py)
+    "msgspec==0.23.0",  # the decoder's fast JSON path (transforms/decoding/row_validation.py)
     "matplotlib>=3.8,<4",
     "tqdm>=4.66,<5",
     "tensorboard==2.21.0",  # the trainer's TensorBoard logs (Keras callback)
@@ -37,8 +37,8 @@ setup(
     version="0.1.0",
     description="Apache Beam transforms and pipelines for streaming machine learning on Kafka.",
     python_requires=">=3.11,<3.12",
-    packages=["pipelines", "transforms"],
-    package_data={"transforms": ["schemas/*.json", "schemas/*.avsc"]},
+    packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*"]),
+    package_data={"transforms.decoding": ["schemas/*.json", "schemas/*.avsc"]},
     install_requires=RUNTIME,
     extras_require={"dev": DEV},
 )

@@ -33,12 +33,12 @@ import apache_beam as beam
 import fastavro
 from apache_beam.transforms.window import TimestampedValue
 
-from transforms.decode import DecodeAndValidate, _DecodeFn
-from transforms.enrich import EnrichWithSideInput, FileReference
-from transforms.filter_project import Filter, Project
-from transforms.kafka_record import KafkaRecord
-from transforms.schema import bundled_schema
-from transforms.window_aggregate import Count, Mean, Tumbling, WindowedAggregate
+from transforms.decoding.decode import DecodeAndValidate, _DecodeFn
+from transforms.decoding.schema import bundled_schema
+from transforms.kafka.record import KafkaRecord
+from transforms.preprocessing.enrich import EnrichWithSideInput, FileReference
+from transforms.preprocessing.filter_project import Filter, Project
+from transforms.preprocessing.window_aggregate import Count, Mean, Tumbling, WindowedAggregate
 
 _LOGGER = logging.getLogger("bench_decode_preprocess")
 SCHEMA = bundled_schema("creditcard")

@@ -33,9 +33,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from google.cloud import bigquery
 
 from pipelines import kafka_to_bigquery, kafka_to_gcs
-from transforms.gcp_endpoints import GcpEndpoints
-from transforms.kafka_config import LOCAL_BROKER_SETTINGS, KafkaConfig
-from transforms.schema import bundled_schema, bundled_schema_path
+from transforms.decoding.schema import bundled_schema, bundled_schema_path
+from transforms.kafka.config import LOCAL_BROKER_SETTINGS, KafkaConfig
+from transforms.sinks.gcp_endpoints import GcpEndpoints
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ It also prints messages per CPU-second of this process (all threads): on a share
 that is the steadier measure of what each reader costs.
 
 Every reader starts from the same collector state: the heap is settled
-(:func:`transforms.heap.settle_heap`, which ReadFromKafka's workers do at setup) right before
+(:func:`transforms.kafka.heap.settle_heap`, which ReadFromKafka's workers do at setup) right before
 each timing, so the raw loops get the same help from ``gc.freeze`` as the reader.
 
     .venv/bin/python bench/bench_read_from_kafka.py --bootstrap 127.0.0.1:19392 --count 1000000
@@ -34,9 +34,9 @@ from apache_beam.metrics.metric import MetricsFilter
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from transforms.heap import settle_heap
-from transforms.kafka_config import LOCAL_BROKER_SETTINGS, KafkaConfig
-from transforms.read_from_kafka import ReadFromKafka
+from transforms.kafka.config import LOCAL_BROKER_SETTINGS, KafkaConfig
+from transforms.kafka.heap import settle_heap
+from transforms.kafka.reader import ReadFromKafka
 
 
 class Timer:

@@ -2,7 +2,7 @@
 
 Same run, same broker, same model, same events (default 200k credit-card-shaped JSON events):
 
-  (a) ``pipelines.score_events`` with :class:`~transforms.model_handler.SavedModelHandler`
+  (a) ``pipelines.score_events`` with :class:`~transforms.inference.model_handler.SavedModelHandler`
   (b) the same pipeline with Beam's stock ``TFModelHandlerNumpy`` (Keras ``.keras`` file of the
       same network, adapted to the pipeline's ``(KafkaRecord, row)`` → ``Score`` contract)
   (c) a raw confluent-kafka consume → predict → produce loop with the same SavedModel (the ceiling)
@@ -45,8 +45,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from transforms.heap import settle_heap
-from transforms.kafka_config import LOCAL_BROKER_SETTINGS as LOCAL
+from transforms.kafka.config import LOCAL_BROKER_SETTINGS as LOCAL
+from transforms.kafka.heap import settle_heap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEATURES = ("Time", *(f"V{i}" for i in range(1, 29)), "Amount")
@@ -213,7 +213,7 @@ def stock_handler(keras_path: str):
     from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult
     from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
 
-    from transforms.model_handler import Score
+    from transforms.inference.model_handler import Score
 
     def to_vectors(batch):  # ScoreEvents batches before RunInference: preprocessing sees batches
         return [
@@ -238,9 +238,9 @@ def run_pipeline(bootstrap: str, model_root: str, source: str, sink: str, handle
     """Score the whole ``source`` topic into ``sink`` in batch mode; returns wall seconds."""
     import apache_beam as beam
 
-    from pipelines.options import parse_and_validate
+    from pipelines.common.options import parse_and_validate
     from pipelines.score_events import OPTIONS, ScoreEventsOptions, build_pipeline
-    from transforms.schema import bundled_schema_path
+    from transforms.decoding.schema import bundled_schema_path
 
     argv = [
         f"--bootstrapServers={bootstrap}",
@@ -262,7 +262,7 @@ def handlers_only(model_root: str, keras_path: str, count: int) -> dict[str, flo
     """rows/s of each handler's run_inference alone, batches of 1024, no Beam and no Kafka."""
     from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
 
-    from transforms.model_handler import SavedModelHandler
+    from transforms.inference.model_handler import SavedModelHandler
 
     rng = np.random.default_rng(3)
     rows = [dict(zip(FEATURES, v, strict=True)) for v in rng.normal(0, 1, (count, 30)).tolist()]
@@ -359,7 +359,7 @@ def measure_latency(
     sampled alongside."""
     from confluent_kafka import Consumer, Producer, TopicPartition
 
-    from transforms.schema import bundled_schema_path
+    from transforms.decoding.schema import bundled_schema_path
 
     suffix = uuid.uuid4().hex[:8]
     source, sink = f"lat-in-{suffix}", f"lat-out-{suffix}"

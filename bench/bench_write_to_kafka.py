@@ -32,8 +32,8 @@ import confluent_kafka
 from apache_beam.options.pipeline_options import PipelineOptions
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from transforms.kafka_config import LOCAL_BROKER_SETTINGS, KafkaConfig
-from transforms.write_to_kafka import PRODUCER_DEFAULTS, WriteToKafka
+from transforms.kafka.config import LOCAL_BROKER_SETTINGS, KafkaConfig
+from transforms.kafka.writer import PRODUCER_DEFAULTS, WriteToKafka
 
 PARTITIONS = 3
 

@@ -1,6 +1,7 @@
 """Produce demo events to Kafka: synthetic credit-card or car-sensor rows, or a real creditcard.csv.
 
-Rows come from :mod:`pipelines.synthetic_data` (seeded, reproducible) and are produced as compact
+Rows come from :mod:`pipelines.demo.synthetic_data` (seeded, reproducible) and are produced as
+compact
 JSON keyed by ``card_id`` / ``car_id``, as fast as possible or at ``--rate`` messages per second,
 with a progress bar. ``--malformed F`` corrupts that fraction of the messages (invalid JSON, wrong
 types, missing fields, non-UTF-8) so the pipelines' dead-letter paths have something to catch.
@@ -28,10 +29,10 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from tqdm import tqdm
 
-from pipelines import synthetic_data
-from pipelines.options import KAFKA_CONNECTION, Option, OptionError, options_class, validate
-from transforms.kafka_config import KafkaConfig, KafkaConfigError
-from transforms.write_to_kafka import PRODUCER_DEFAULTS
+from pipelines.common.options import KAFKA_CONNECTION, Option, OptionError, options_class, validate
+from pipelines.demo import synthetic_data
+from transforms.kafka.config import KafkaConfig, KafkaConfigError
+from transforms.kafka.writer import PRODUCER_DEFAULTS
 
 __all__ = [
     "OPTIONS",

@@ -11,7 +11,7 @@ Run locally (stack from ``scripts/stack.sh up``)::
 
     python -m pipelines.kafka_to_bigquery --bootstrapServers 127.0.0.1:9092 \\
         --kafkaConfig "$KAFKA_CONFIG" --inputTopic transactions --consumerGroupId export \\
-        --startOffset earliest --schemaPath transforms/schemas/creditcard.json \\
+        --startOffset earliest --schemaPath transforms/decoding/schemas/creditcard.json \\
         --outputTableSpec kafka-beam-ml-local:fraud.transactions \\
         --project kafka-beam-ml-local --bigqueryEndpoint http://127.0.0.1:9050
 """
@@ -25,9 +25,9 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
-from pipelines.export_common import EXPORT_SOURCE, TABLE_SPEC_REGEX, ExportSource
-from pipelines.options import Option, OptionError, options_class
-from transforms.bigquery_sink import METHODS, WriteDeadLettersToBigQuery, WriteRowsToBigQuery
+from pipelines.common.options import Option, OptionError, options_class
+from pipelines.common.row_source import ROW_SOURCE, TABLE_SPEC_REGEX, RowSource
+from transforms.sinks.bigquery import METHODS, WriteDeadLettersToBigQuery, WriteRowsToBigQuery
 
 __all__ = [
     "OPTIONS",
@@ -45,7 +45,7 @@ _LOGGER = logging.getLogger(__name__)
 DEAD_LETTER_SUFFIX = "_error_records"
 
 OPTIONS: tuple[Option, ...] = (
-    *EXPORT_SOURCE,
+    *ROW_SOURCE,
     Option(
         "outputTableSpec",
         "Output table",
@@ -103,9 +103,9 @@ class KafkaToBigQueryOutputs(NamedTuple):
     dead_letters: beam.PCollection
 
 
-def prepare(options: PipelineOptions) -> ExportSource:
+def prepare(options: PipelineOptions) -> RowSource:
     """Check every option (incl. cross-option rules) before any work; OptionError names the flag."""
-    source = ExportSource.from_options(options, OPTIONS)
+    source = RowSource.from_options(options, OPTIONS)
     method = source.values["writeMethod"]
     if method == "FILE_LOADS":
         if source.streaming:
@@ -117,7 +117,7 @@ def prepare(options: PipelineOptions) -> ExportSource:
     return source
 
 
-def preflight(source: ExportSource) -> None:
+def preflight(source: RowSource) -> None:
     """Fail at launch, naming the flag, when an output dataset is missing or BigQuery is
     unreachable (the client gives up within the endpoints' retry deadline)."""
     from google.api_core.exceptions import GoogleAPIError, NotFound
@@ -145,7 +145,7 @@ def _dead_letter_table(values) -> str:  # noqa: ANN001 - the validated option va
 
 
 def build_pipeline(
-    p: beam.Pipeline, options: PipelineOptions, source: ExportSource | None = None
+    p: beam.Pipeline, options: PipelineOptions, source: RowSource | None = None
 ) -> KafkaToBigQueryOutputs:
     """Add the export to ``p``; ``source`` comes from :func:`prepare` (called if omitted)."""
     source = source or prepare(options)

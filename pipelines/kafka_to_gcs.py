@@ -16,7 +16,8 @@ Run locally (stack from ``scripts/stack.sh up``)::
 
     python -m pipelines.kafka_to_gcs --bootstrapServers 127.0.0.1:9092 --kafkaConfig \\
         "$KAFKA_CONFIG" --inputTopic transactions --startOffset earliest \\
-        --schemaPath transforms/schemas/creditcard.json --outputDirectory gs://exports/cc \\
+        --schemaPath transforms/decoding/schemas/creditcard.json \\
+        --outputDirectory gs://exports/cc \\
         --project kafka-beam-ml-local --storageEndpoint http://127.0.0.1:9023
 """
 
@@ -30,9 +31,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.export_common import EXPORT_SOURCE, ExportSource
-from pipelines.options import Option, OptionError, options_class
-from transforms.tfrecord_sink import WriteTFRecords
+from pipelines.common.options import Option, OptionError, options_class
+from pipelines.common.row_source import ROW_SOURCE, RowSource
+from transforms.sinks.tfrecord import WriteTFRecords
 
 __all__ = [
     "OPTIONS",
@@ -59,7 +60,7 @@ TRANSFORM_DIR = "transform"
 _SUFFIXES = {"NONE": ".tfrecord", "GZIP": ".tfrecord.gz"}
 
 OPTIONS: tuple[Option, ...] = (
-    *EXPORT_SOURCE,
+    *ROW_SOURCE,
     Option(
         "outputDirectory",
         "Output directory",
@@ -126,9 +127,9 @@ class KafkaToGcsOutputs(NamedTuple):
     dead_letters: beam.PCollection
 
 
-def prepare(options: PipelineOptions) -> ExportSource:
+def prepare(options: PipelineOptions) -> RowSource:
     """Check every option (incl. cross-option rules) before any work; OptionError names the flag."""
-    source = ExportSource.from_options(options, OPTIONS)
+    source = RowSource.from_options(options, OPTIONS)
     values = source.values
     if values["analyzeTransform"] and source.streaming:
         raise OptionError("--analyzeTransform needs a bounded read: drop --streaming")
@@ -138,7 +139,7 @@ def prepare(options: PipelineOptions) -> ExportSource:
     return source
 
 
-def preflight(source: ExportSource) -> None:
+def preflight(source: RowSource) -> None:
     """Fail at launch, naming the flag, when the output bucket is missing or GCS unreachable.
 
     Without it a dead endpoint surfaces only when the shards are finalized, after the whole
@@ -164,7 +165,7 @@ def preflight(source: ExportSource) -> None:
 
 
 def build_pipeline(
-    p: beam.Pipeline, options: PipelineOptions, source: ExportSource | None = None
+    p: beam.Pipeline, options: PipelineOptions, source: RowSource | None = None
 ) -> KafkaToGcsOutputs:
     """Add the export to ``p``; ``source`` comes from :func:`prepare` (called if omitted)."""
     source = source or prepare(options)
@@ -174,7 +175,7 @@ def build_pipeline(
     transform_dir = None
     decoded = source.read_and_decode(p)
     if values["analyzeTransform"]:
-        from transforms.tft_preprocess import AnalyzeAndWriteTransform  # TF Transform is heavy
+        from transforms.preprocessing.tft import AnalyzeAndWriteTransform  # TF Transform is heavy
 
         transform_dir = FileSystems.join(directory, TRANSFORM_DIR)
         _ = decoded.rows | "AnalyzeTransform" >> AnalyzeAndWriteTransform(

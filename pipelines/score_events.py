@@ -1,8 +1,8 @@
 """Live scoring: Kafka events → decode/validate → model → predictions (and alerts) back to Kafka.
 
-``inputTopic`` → :class:`~transforms.decode.DecodeAndValidate` (bad messages to
+``inputTopic`` → :class:`~transforms.decoding.decode.DecodeAndValidate` (bad messages to
 ``deadLetterTopic`` as ``DeadLetter.to_json()``) → RunInference with
-:class:`~transforms.model_handler.SavedModelHandler` → one JSON prediction per event on
+:class:`~transforms.inference.model_handler.SavedModelHandler` → one JSON prediction per event on
 ``outputTopic``, keyed like the input; anomalies also on ``alertTopic``. The newest model version
 under ``modelPath`` is loaded at start and a newer one is picked up every ``modelPollSeconds``
 without a restart. Offsets are committed after the outputs are written: at-least-once.
@@ -12,7 +12,7 @@ Run locally (streaming on the FnApiRunner; see docs/scoring.md)::
     python -m pipelines.score_events --runner=FnApiRunner --streaming \\
         --bootstrapServers=127.0.0.1:9092 --inputTopic=transactions \\
         --outputTopic=predictions --alertTopic=alerts --deadLetterTopic=scoring-dead-letters \\
-        --schemaPath=transforms/schemas/creditcard.json \\
+        --schemaPath=transforms/decoding/schemas/creditcard.json \\
         --modelPath=/tmp/models/fraud --consumerGroupId=scorer --startOffset=latest
 
 Without ``--streaming`` it scores the backlog present at launch and ends (batch).
@@ -28,15 +28,26 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.export_common import EXPORT_SOURCE, ExportRows, ExportSource
-from pipelines.options import Option, OptionError, options_class, parse_and_validate, validate
+from pipelines.common.options import (
+    Option,
+    OptionError,
+    options_class,
+    parse_and_validate,
+    validate,
+)
+from pipelines.common.row_source import ROW_SOURCE, DecodedRows, RowSource
 from transforms.dead_letter import DeadLetter
-from transforms.kafka_config import redact_option_values
-from transforms.model_handler import SavedModelHandler
-from transforms.model_store import ModelInfo, ModelStoreError, latest_version, read_model_info
-from transforms.schema import RowSchema
-from transforms.scoring import Prediction, ScoreEvents, ScoringResult
-from transforms.write_to_kafka import WriteToKafka
+from transforms.decoding.schema import RowSchema
+from transforms.inference.model_handler import SavedModelHandler
+from transforms.inference.model_store import (
+    ModelInfo,
+    ModelStoreError,
+    latest_version,
+    read_model_info,
+)
+from transforms.inference.scoring import Prediction, ScoreEvents, ScoringResult
+from transforms.kafka.config import redact_option_values
+from transforms.kafka.writer import WriteToKafka
 
 __all__ = ["OPTIONS", "ScoreEventsOptions", "build_pipeline", "run"]
 
@@ -45,7 +56,7 @@ _LOGGER = logging.getLogger(__name__)
 _TOPIC = r"[A-Za-z0-9._\-]{1,249}"
 
 OPTIONS: tuple[Option, ...] = (
-    *EXPORT_SOURCE,
+    *ROW_SOURCE,
     Option(
         "outputTopic",
         "Prediction topic",
@@ -147,7 +158,7 @@ def build_pipeline(
     opts: PipelineOptions,
     *,
     model_handler: ModelHandler | None = None,
-) -> tuple[ExportRows, ScoringResult]:
+) -> tuple[DecodedRows, ScoringResult]:
     """Add the scoring graph to ``p``; returns the decoded and scored outputs (for tests).
 
     Unless ``--filter`` is set, the decoded ``rows`` are lists of ``(KafkaRecord, row)`` pairs
@@ -158,7 +169,7 @@ def build_pipeline(
     :class:`SavedModelHandler` built from the options (the benchmark compares Beam's stock
     handler; see :class:`ScoreEvents` for the contract).
     """
-    source = ExportSource.from_options(opts, OPTIONS)
+    source = RowSource.from_options(opts, OPTIONS)
     values = source.values
     if values["modelPollSeconds"] <= 0:
         raise OptionError(f"--modelPollSeconds must be > 0, got {values['modelPollSeconds']}")

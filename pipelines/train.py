@@ -42,13 +42,13 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import evaluation
-from pipelines.artifact_files import download_tree, is_local, upload_tree
-from pipelines.export_common import EXPORT_SOURCE, TABLE_SPEC_REGEX, ExportSource
-from pipelines.options import Option, OptionError, options_class, validate
-from transforms.gcp_endpoints import GcpEndpoints
-from transforms.model_store import MODEL_INFO_FILE
-from transforms.schema import NUMERIC_TYPES, RowSchema
+from pipelines.common.options import Option, OptionError, options_class, validate
+from pipelines.common.row_source import ROW_SOURCE, TABLE_SPEC_REGEX, RowSource
+from pipelines.training import evaluation
+from pipelines.training.artifacts import download_tree, is_local, upload_tree
+from transforms.decoding.schema import NUMERIC_TYPES, RowSchema
+from transforms.inference.model_store import MODEL_INFO_FILE
+from transforms.sinks.gcp_endpoints import GcpEndpoints
 
 __all__ = [
     "OPTIONS",
@@ -86,7 +86,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     # Training straight from Kafka: the export pipelines' source options, checked strictly only
     # when --bootstrapServers is given.
-    *(dataclasses.replace(option, required=False) for option in EXPORT_SOURCE),
+    *(dataclasses.replace(option, required=False) for option in ROW_SOURCE),
     Option(
         "stagingDir",
         "Kafka staging directory",
@@ -232,7 +232,7 @@ def _has_transform(transform_dir: str) -> bool:
 def _analyze(
     rows: Sequence[Mapping[str, Any]], schema: RowSchema, label: str | None, transform_dir: str
 ) -> None:
-    from transforms.tft_preprocess import AnalyzeAndWriteTransform
+    from transforms.preprocessing.tft import AnalyzeAndWriteTransform
 
     _LOGGER.info("Analyzing tf.Transform on %d training rows", len(rows))
     # In-memory rows: the local FnApiRunner (the default DirectRunner first tries to fetch Prism).
@@ -268,7 +268,7 @@ def _seeded_autoencoder(n_features: int, settings: TrainSettings) -> Any:
     import keras
     import tensorflow as tf
 
-    from pipelines.autoencoder import build_autoencoder
+    from pipelines.training.autoencoder import build_autoencoder
 
     keras.utils.set_random_seed(settings.seed)
     tf.config.experimental.enable_op_determinism()
@@ -325,7 +325,7 @@ def train(
     """Split, transform, train, evaluate and export; see the module doc for the steps."""
     import tensorflow_transform as tft
 
-    from pipelines.autoencoder import AnomalyModel, reconstruction_error
+    from pipelines.training.autoencoder import AnomalyModel, reconstruction_error
 
     features = settings.features or _default_features(schema, settings.label)
     _check_features(schema, features)
@@ -456,12 +456,12 @@ def _source_kind(values: Mapping[str, Any]) -> str:
 def build_pipeline(p: beam.Pipeline, opts: PipelineOptions) -> Any:
     """The trainer's Beam part: bounded Kafka → decode → TFRecords + dead letters in
     ``--stagingDir`` (``run`` reads them back and trains)."""
-    from pipelines.training_data import build_staging_pipeline
+    from pipelines.training.data import build_staging_pipeline
 
     values = validate(opts, OPTIONS)
     if not values.get("stagingDir"):
         raise OptionError("--stagingDir is required to build the Kafka staging pipeline")
-    source = ExportSource.from_options(opts, EXPORT_SOURCE)
+    source = RowSource.from_options(opts, ROW_SOURCE)
     return build_staging_pipeline(p, source, values["stagingDir"])
 
 
@@ -469,7 +469,7 @@ def load_rows(
     opts: PipelineOptions, values: Mapping[str, Any], staging_dir: str
 ) -> tuple[RowSchema, list[dict[str, Any]]]:
     """Read the raw rows from the one source the options name."""
-    from pipelines import training_data
+    from pipelines.training import data as training_data
 
     kind = _source_kind(values)
     endpoints = GcpEndpoints.from_options(opts)
@@ -479,7 +479,7 @@ def load_rows(
         return training_data.rows_from_tfrecords(values["trainingData"], schema)
     if kind == "bigqueryTable":
         return training_data.rows_from_bigquery(values["bigqueryTable"], endpoints)
-    source = ExportSource.from_options(opts, EXPORT_SOURCE)
+    source = RowSource.from_options(opts, ROW_SOURCE)
     return training_data.rows_from_kafka(source, staging_dir, opts)
 
 

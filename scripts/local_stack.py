@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 
 #: librdkafka tuning for noida-db (FINDINGS: it ignores fetch size and wait limits). Must equal
-#: ``transforms.kafka_config.LOCAL_BROKER_SETTINGS``; a unit test checks that.
+#: ``transforms.kafka.config.LOCAL_BROKER_SETTINGS``; a unit test checks that.
 LOCAL_KAFKA_CONFIG = {
     "receive.message.max.bytes": "2147483647",
     "queued.min.messages": "1000",

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from transforms.gcp_endpoints import GcpEndpoints
-from transforms.kafka_config import LOCAL_BROKER_SETTINGS, KafkaConfig
+from transforms.kafka.config import LOCAL_BROKER_SETTINGS, KafkaConfig
+from transforms.sinks.gcp_endpoints import GcpEndpoints
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from transforms.kafka_record import KafkaRecord
+from transforms.kafka.record import KafkaRecord
 
 __all__ = ["DeadLetter", "DEAD_LETTER_TAG", "BIGQUERY_SCHEMA"]
 

@@ -17,8 +17,8 @@ import time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.kafka_config import LOCAL_BROKER_SETTINGS, KafkaConfig
-from transforms.read_from_kafka import ReadFromKafka
+from transforms.kafka.config import LOCAL_BROKER_SETTINGS, KafkaConfig
+from transforms.kafka.reader import ReadFromKafka
 
 __all__ = ["AppendToFile", "main"]
 

@@ -14,9 +14,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from confluent_kafka import Producer
 from local_schema_registry import LocalSchemaRegistry
 
-from transforms.decode import DecodeAndValidate
-from transforms.read_from_kafka import ReadFromKafka
-from transforms.schema import bundled_schema, bundled_schema_path
+from transforms.decoding.decode import DecodeAndValidate
+from transforms.decoding.schema import bundled_schema, bundled_schema_path
+from transforms.kafka.reader import ReadFromKafka
 
 pytestmark = pytest.mark.integration
 

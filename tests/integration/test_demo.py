@@ -35,7 +35,7 @@ def test_demo_accounts_for_every_event_and_leaves_nothing_running(
         [
             sys.executable,
             "-m",
-            "pipelines.demo",
+            "pipelines.demo.walkthrough",
             "--events=4000",
             "--burst-events=500",
             "--live-events=200",

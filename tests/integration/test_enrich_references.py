@@ -12,8 +12,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from google.cloud import bigquery
 
-from transforms.enrich import BigQueryReference, EnrichWithSideInput, FileReference
-from transforms.schema import RowSchema
+from transforms.decoding.schema import RowSchema
+from transforms.preprocessing.enrich import BigQueryReference, EnrichWithSideInput, FileReference
 
 pytestmark = pytest.mark.integration
 

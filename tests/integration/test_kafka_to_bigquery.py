@@ -15,10 +15,10 @@ from export_events import committed_total, creditcard_event, invalid_messages, p
 from google.api_core.exceptions import NotFound
 
 from pipelines import kafka_to_bigquery
-from pipelines.options import OptionError
-from transforms.bigquery_sink import WriteRowsToBigQuery
-from transforms.kafka_record import KafkaRecord
-from transforms.schema import bundled_schema, bundled_schema_path
+from pipelines.common.options import OptionError
+from transforms.decoding.schema import bundled_schema, bundled_schema_path
+from transforms.kafka.record import KafkaRecord
+from transforms.sinks.bigquery import WriteRowsToBigQuery
 
 pytestmark = pytest.mark.integration
 

@@ -18,9 +18,9 @@ from apache_beam.io.filesystems import FileSystems
 from export_events import committed_total, creditcard_event, invalid_messages, produce
 
 from pipelines import kafka_to_gcs
-from pipelines.options import OptionError
-from transforms.schema import RowSchema, bundled_schema, bundled_schema_path
-from transforms.tfrecord_sink import feature_spec
+from pipelines.common.options import OptionError
+from transforms.decoding.schema import RowSchema, bundled_schema, bundled_schema_path
+from transforms.sinks.tfrecord import feature_spec
 
 pytestmark = pytest.mark.integration
 

@@ -23,11 +23,11 @@ from apache_beam.testing.util import assert_that, equal_to
 from confluent_kafka import Consumer, Producer, TopicPartition
 from read_to_file_pipeline import AppendToFile
 
-from transforms.kafka_config import KafkaConfig
-from transforms.kafka_partition_plan import KafkaUnavailableError
-from transforms.kafka_record import KafkaRecord
-from transforms.read_from_kafka import ReadFromKafka
-from transforms.write_to_kafka import WriteToKafka
+from transforms.kafka.config import KafkaConfig
+from transforms.kafka.partition_plan import KafkaUnavailableError
+from transforms.kafka.reader import ReadFromKafka
+from transforms.kafka.record import KafkaRecord
+from transforms.kafka.writer import WriteToKafka
 
 pytestmark = pytest.mark.integration
 

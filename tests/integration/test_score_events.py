@@ -24,10 +24,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from tiny_anomaly_model import CREDITCARD_FEATURES, expected_score, write_model
 
-from pipelines.synthetic_data import creditcard_transactions
+from pipelines.demo.synthetic_data import creditcard_transactions
 from pipelines.train import TrainResult, TrainSettings, train
-from transforms.kafka_config import LOCAL_BROKER_SETTINGS, KafkaConfig
-from transforms.schema import bundled_schema, bundled_schema_path
+from transforms.decoding.schema import bundled_schema, bundled_schema_path
+from transforms.kafka.config import LOCAL_BROKER_SETTINGS, KafkaConfig
 
 pytestmark = pytest.mark.integration
 

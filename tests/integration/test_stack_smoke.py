@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from transforms.kafka_config import LOCAL_BROKER_SETTINGS, parse_settings
+from transforms.kafka.config import LOCAL_BROKER_SETTINGS, parse_settings
 
 pytestmark = pytest.mark.integration
 

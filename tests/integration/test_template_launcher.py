@@ -21,8 +21,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from tiny_anomaly_model import CREDITCARD_FEATURES, write_model
 
-from pipelines.synthetic_data import creditcard_transactions, encode_messages
-from transforms.schema import bundled_schema_path
+from pipelines.demo.synthetic_data import creditcard_transactions, encode_messages
+from transforms.decoding.schema import bundled_schema_path
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ LIVE_TIMEOUT_S = 120
 
 def _launcher(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.template_launcher", *args],
+        [sys.executable, "-m", "pipelines.flex_template.launcher", *args],
         cwd=REPO,
         env={**os.environ, **env},
         capture_output=True,
@@ -79,7 +79,7 @@ def test_launcher_runs_kafka_to_bigquery_template_end_to_end(
             "--parameters",
             f"kafkaConfig={stack_env['KAFKA_CONFIG']}",
             "--parameters",
-            f"schemaPath=transforms/schemas/creditcard.json,outputTableSpec={table}",
+            f"schemaPath=transforms/decoding/schemas/creditcard.json,outputTableSpec={table}",
         ],
         stack_env,
     )
@@ -133,7 +133,7 @@ def test_launcher_runs_the_streaming_scoring_template_live(
         f"outputTopic={predictions},consumerGroupId={group_id},startOffset=earliest,"
         f"schemaPath={bundled_schema_path('creditcard')},modelPath={model_root}"
     )
-    command = [sys.executable, "-m", "pipelines.template_launcher", "run", "score_events"]
+    command = [sys.executable, "-m", "pipelines.flex_template.launcher", "run", "score_events"]
     command += ["--parameters", params, "--parameters", f"kafkaConfig={stack_env['KAFKA_CONFIG']}"]
     with open(tmp_path / "launcher.log", "wb") as log:
         process = subprocess.Popen(

@@ -9,11 +9,15 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from pipelines import generate_events
-from pipelines.synthetic_data import CREDITCARD_FEATURES, creditcard_transactions, encode_messages
+from pipelines.demo.synthetic_data import (
+    CREDITCARD_FEATURES,
+    creditcard_transactions,
+    encode_messages,
+)
 from pipelines.train import run
-from transforms.kafka_config import LOCAL_BROKER_SETTINGS
-from transforms.model_store import latest_version, read_model_info
-from transforms.schema import bundled_schema, bundled_schema_path
+from transforms.decoding.schema import bundled_schema, bundled_schema_path
+from transforms.inference.model_store import latest_version, read_model_info
+from transforms.kafka.config import LOCAL_BROKER_SETTINGS
 
 pytestmark = pytest.mark.integration
 
@@ -135,8 +139,8 @@ def test_train_with_transform_and_models_on_gcs(gcs_bucket, tmp_path) -> None:
     import tensorflow as tf
     from apache_beam.io.filesystems import FileSystems
 
-    from pipelines.artifact_files import download_tree
-    from transforms.tfrecord_sink import SCHEMA_FILE, row_to_example
+    from pipelines.training.artifacts import download_tree
+    from transforms.sinks.tfrecord import SCHEMA_FILE, row_to_example
 
     schema = bundled_schema("creditcard")
     export = tmp_path / "export"

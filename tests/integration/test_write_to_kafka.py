@@ -16,10 +16,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms import write_to_kafka
-from transforms.kafka_config import KafkaConfig
-from transforms.kafka_record import KafkaRecord
-from transforms.write_to_kafka import KafkaWriteError, WriteToKafka
+from transforms.kafka import writer
+from transforms.kafka.config import KafkaConfig
+from transforms.kafka.record import KafkaRecord
+from transforms.kafka.writer import KafkaWriteError, WriteToKafka
 
 pytestmark = pytest.mark.integration
 
@@ -172,7 +172,7 @@ def test_runs_on_multiprocess_workers(kafka_config, topic_factory):
         )
     assert sorted(m.value() for m in _read_all(config, topic)) == sorted(values)
     # Produced by the worker processes, not by this one.
-    assert not [key for key in write_to_kafka._PRODUCERS if key[0] == config]
+    assert not [key for key in writer._PRODUCERS if key[0] == config]
 
 
 @pytest.mark.parametrize("source", ["env", "file"])
@@ -200,6 +200,6 @@ def test_sasl_password_from_env_or_file_is_used_but_never_logged(
         with test_pipeline.TestPipeline() as p:
             _ = p | beam.Create([(b"k", b"v")]) | WriteToKafka(config, "sasl-topic")
     out, err = capfd.readouterr()
-    assert "transforms.write_to_kafka" in caplog.text  # librdkafka's debug log went through us
+    assert "transforms.kafka.writer" in caplog.text  # librdkafka's debug log went through us
     for text in (caplog.text, out, err, str(failure.value), repr(config)):
         assert PASSWORD not in text

@@ -1,0 +1,278 @@
+"""What the two export pipelines share: the Kafka → decode half, its options and launch checks.
+
+``kafka_to_bigquery`` and ``kafka_to_gcs`` read a topic, decode and validate each message against
+a declared schema and write the rows to a sink. The source half, its options (declared once here)
+and the checks that must fail before any work starts live in this module; each pipeline adds its
+sink options and sink.
+
+Batch by default: the read is bounded by the end offsets at launch (``stop="end_at_launch"``).
+With ``--streaming`` it is unbounded.
+
+Usage (inside a pipeline module)::
+
+    OPTIONS = (*ROW_SOURCE, Option("outputTableSpec", ...))
+    source = RowSource.from_options(options, OPTIONS)      # OptionError before any work
+    decoded = source.read_and_decode(p)                        # DecodedRows
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import datetime
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines.common.options import GCP_ENDPOINTS, KAFKA_SOURCE, Option, OptionError, validate
+from transforms.decoding.decode import MESSAGE_FORMATS, DecodeAndValidate
+from transforms.decoding.schema import RowSchema
+from transforms.kafka.config import KafkaConfig, KafkaConfigError
+from transforms.kafka.reader import ReadFromKafka
+from transforms.preprocessing.expressions import FUNCTIONS, Expr
+from transforms.preprocessing.filter_project import Filter
+from transforms.sinks.gcp_endpoints import GcpEndpoints
+
+__all__ = ["ROW_SOURCE", "RowSource", "DecodedRows", "TABLE_SPEC_REGEX"]
+
+_LOGGER = logging.getLogger(__name__)
+
+#: ``[project:]dataset.table`` (the project may contain ``.``/``-`` as in ``example.com:proj``).
+TABLE_SPEC_REGEX = r"([a-z][a-z0-9.\-]*[a-z0-9]:)?[A-Za-z0-9_]{1,1024}\.[A-Za-z0-9_\-$]{1,1024}"
+
+#: Options of the source half: Kafka, GCP endpoints, message format and schema.
+ROW_SOURCE: tuple[Option, ...] = (
+    *KAFKA_SOURCE,
+    *GCP_ENDPOINTS,
+    Option(
+        "messageFormat",
+        "Message format",
+        "How Kafka message values are encoded: JSON, AVRO (schemaless Avro records written with "
+        "the schema in --schemaPath) or AVRO_CONFLUENT_WIRE_FORMAT (Confluent framing; writer "
+        "schemas from --schemaRegistryUrl).",
+        default="JSON",
+        choices=MESSAGE_FORMATS,
+        example="AVRO_CONFLUENT_WIRE_FORMAT",
+    ),
+    Option(
+        "schemaPath",
+        "Row schema file",
+        "BigQuery JSON schema or Avro schema (.avsc) of the rows, local or gs://. Rows are "
+        "validated against it and the output table/TFRecord features follow it.",
+        required=True,
+        regexes=(r"\S+\.(json|avsc)",),
+        example="gs://my-bucket/schemas/creditcard.json",
+        param_type="GCS_READ_FILE",
+    ),
+    Option(
+        "schemaRegistryUrl",
+        "Schema registry URL",
+        "Confluent schema registry for AVRO_CONFLUENT_WIRE_FORMAT, e.g. http://registry:8081.",
+        regexes=(r"https?://[A-Za-z0-9_.\-\[\]:]+(:[0-9]{1,5})?(/\S*)?",),
+        example="http://schema-registry:8081",
+    ),
+    Option(
+        "unknownFields",
+        "Unknown fields policy",
+        "What to do with message fields the schema does not declare: reject (dead letter) or "
+        "ignore (dropped from the row).",
+        default="reject",
+        choices=("reject", "ignore"),
+        example="ignore",
+    ),
+    Option(
+        "filter",
+        "Row filter",
+        "Keep only rows matching this expression (KSQL-style WHERE over the schema's fields, "
+        "see transforms.preprocessing.expressions), e.g. Amount > 0 and Time >= 3600. Rows the "
+        "expression fails on (e.g. a comparison with null) become dead letters.",
+        regexes=(r"[^;]{1,2000}",),
+        example="Amount > 0 and Time >= 3600",
+    ),
+    Option(
+        "maxMessageBytes",
+        "Maximum message size",
+        "Messages with longer values are dead-lettered before decoding (bytes).",
+        type=int,
+        default=1_000_000,
+        regexes=(r"[1-9][0-9]{0,9}",),
+        example="1000000",
+    ),
+)
+
+
+def _start(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``--startOffset`` / ``--consumerGroupId`` → ReadFromKafka ``start`` arguments.
+
+    With a group its committed offsets win and earliest/latest is the fallback for partitions
+    without one; an RFC 3339 time always starts there (a replay). Without a group earliest/latest
+    are positions and ``committed`` is an error.
+    """
+    start = values["startOffset"] or "committed"
+    group = values.get("consumerGroupId")
+    if start not in ("earliest", "latest", "committed"):
+        moment = datetime.datetime.fromisoformat(start.replace("Z", "+00:00"))
+        return {"start": moment}
+    if group is None:
+        if start == "committed":
+            raise OptionError(
+                "--startOffset=committed needs --consumerGroupId (or use earliest, latest or a "
+                "time)"
+            )
+        return {"start": start}
+    return {"start": "committed", "start_fallback": "earliest" if start == "committed" else start}
+
+
+def _row_filter(text: str | None, schema: RowSchema) -> Expr | None:
+    """``--filter`` compiled, with every field it names checked against the schema."""
+    if text is None:
+        return None
+    try:
+        expr = Expr(text)
+    except ValueError as err:
+        raise OptionError(f"--filter={text!r}: {err}") from err
+    names = {
+        n.id for n in ast.walk(ast.parse(text.strip(), mode="eval")) if isinstance(n, ast.Name)
+    }
+    unknown = sorted(names - set(schema.names) - set(FUNCTIONS) - {"True", "False", "None"})
+    if unknown:
+        raise OptionError(f"--filter={text!r} names fields not in --schemaPath: {unknown}")
+    return expr
+
+
+class _OnRow:
+    """Apply a row predicate to plain rows and to ``(KafkaRecord, row)`` pairs alike."""
+
+    def __init__(self, predicate: Expr) -> None:
+        self._predicate = predicate
+
+    def __call__(self, element: Any) -> Any:
+        row = element[1] if isinstance(element, tuple) else element
+        return self._predicate(row)
+
+
+class DecodedRows(NamedTuple):
+    """Decoded (and filtered) rows plus every dead letter of the source half."""
+
+    rows: beam.PCollection
+    dead_letters: beam.PCollection
+
+
+def _load_schema(path: str) -> tuple[RowSchema, dict[str, Any] | None]:
+    """The row schema, plus the Avro document when the file is Avro (the exact writer schema)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        with FileSystems.open(path) as handle:
+            document = json.loads(handle.read().decode("utf-8"))
+        if isinstance(document, Mapping) and document.get("type") == "record":
+            return RowSchema.from_avro(document), dict(document)
+        return RowSchema.from_bigquery_json(document), None
+    except Exception as err:  # noqa: BLE001 - any failure here is a bad --schemaPath
+        raise OptionError(f"--schemaPath={path!r} cannot be used: {err}") from err
+
+
+@dataclasses.dataclass(frozen=True)
+class RowSource:
+    """The checked source half of an export pipeline; build it with :meth:`from_options`."""
+
+    values: Mapping[str, Any]
+    streaming: bool
+    kafka: KafkaConfig
+    endpoints: GcpEndpoints
+    schema: RowSchema
+    avro_schema: dict[str, Any] | None
+    row_filter: Expr | None
+
+    @classmethod
+    def from_options(cls, options: PipelineOptions, declarations: Sequence[Option]) -> RowSource:
+        """Validate every option, resolve endpoints and load the schema; raise OptionError early.
+
+        Also points this process's ``gs://`` filesystem at a storage emulator when one is set, so
+        ``--schemaPath gs://…`` works locally.
+        """
+        values = validate(options, declarations)
+        streaming = bool(options.view_as(StandardOptions).streaming)
+        read_args = _start(values)
+        if values["messageFormat"] == "AVRO_CONFLUENT_WIRE_FORMAT" and not values.get(
+            "schemaRegistryUrl"
+        ):
+            raise OptionError(
+                "--messageFormat=AVRO_CONFLUENT_WIRE_FORMAT needs --schemaRegistryUrl"
+            )
+        try:
+            kafka = KafkaConfig.from_options(values)
+        except KafkaConfigError as err:
+            raise OptionError(str(err)) from err
+        endpoints = GcpEndpoints.from_options(options)
+        endpoints.configure_process()
+        schema, avro = _load_schema(values["schemaPath"])
+        row_filter = _row_filter(values.get("filter"), schema)
+        source = cls(values, streaming, kafka, endpoints, schema, avro, row_filter)
+        source.reader(read_args)  # ReadFromKafka checks its arguments at construction
+        _LOGGER.info(
+            "Export source: topic %s, %s, %s mode, Kafka %s",
+            values["inputTopic"],
+            values["messageFormat"],
+            "streaming" if streaming else "batch (end offsets at launch)",
+            kafka,
+        )
+        return source
+
+    def reader(self, read_args: Mapping[str, Any] | None = None, **options: Any) -> ReadFromKafka:
+        """The Kafka read: bounded by the end offsets at launch unless streaming.
+
+        ``options`` are further ``ReadFromKafka`` arguments, e.g. ``max_process_s`` (the scorer
+        shortens bundles for latency).
+        """
+        try:
+            return ReadFromKafka(
+                self.kafka,
+                self.values["inputTopic"],
+                group_id=self.values.get("consumerGroupId"),
+                stop="unbounded" if self.streaming else "end_at_launch",
+                **(read_args if read_args is not None else _start(self.values)),
+                **options,
+            )
+        except ValueError as err:
+            raise OptionError(f"invalid Kafka source options: {err}") from err
+
+    def decoder(self) -> DecodeAndValidate:
+        return DecodeAndValidate(
+            self.schema,
+            self.values["messageFormat"],
+            avro_schema=self.avro_schema,
+            schema_registry_url=self.values.get("schemaRegistryUrl"),
+            unknown_fields=self.values["unknownFields"],
+            max_message_bytes=self.values["maxMessageBytes"],
+        )
+
+    def read_and_decode(
+        self,
+        p: beam.Pipeline,
+        *,
+        with_records: bool = False,
+        batched: bool = False,
+        **reader_options: Any,
+    ) -> DecodedRows:
+        """Kafka → DecodeAndValidate → ``--filter``; ``with_records`` keeps
+        ``(KafkaRecord, row)`` pairs; ``batched`` makes ``rows`` lists, one per polled batch
+        (no per-element Beam cost; not with ``--filter``, which works row by row)."""
+        if batched and self.row_filter is not None:
+            raise ValueError("batched rows cannot be filtered: read unbatched with --filter")
+        reader = self.reader(**reader_options)
+        decoder = self.decoder().with_records() if with_records else self.decoder()
+        if batched:
+            reader, decoder = reader.batched(), decoder.batched()
+        decoded = p | "ReadFromKafka" >> reader | "DecodeAndValidate" >> decoder
+        if self.row_filter is None:
+            return DecodedRows(decoded.rows, decoded.dead_letters)
+        kept = decoded.rows | "Filter" >> Filter(_OnRow(self.row_filter)).with_dead_letters()
+        dead_letters = (decoded.dead_letters, kept.dead_letters) | "SourceDeadLetters" >> (
+            beam.Flatten()
+        )
+        return DecodedRows(kept.rows, dead_letters)

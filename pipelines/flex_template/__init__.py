@@ -1,0 +1,1 @@
+"""Flex Template tooling: the template registry, generated metadata and images, a local launcher."""

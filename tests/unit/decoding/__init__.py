@@ -1,0 +1,1 @@
+"""Unit tests of transforms.decoding: schemas, JSON/Avro decoding and validation."""

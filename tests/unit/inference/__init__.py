@@ -1,0 +1,1 @@
+"""Unit tests of transforms.inference: the SavedModel handler and live scoring."""

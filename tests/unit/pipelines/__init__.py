@@ -1,0 +1,1 @@
+"""Unit tests of the pipelines' parts: options, templates, trainer, synthetic data, README."""

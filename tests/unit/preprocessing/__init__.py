@@ -1,0 +1,1 @@
+"""Unit tests of transforms.preprocessing: filter/project, enrich, windows, tf.Transform."""

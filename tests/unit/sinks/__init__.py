@@ -1,0 +1,1 @@
+"""Unit tests of transforms.sinks: BigQuery and TFRecord writers, GCP endpoints."""
