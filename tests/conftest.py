@@ -22,10 +22,13 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.common import quiet_tensorflow
 from transforms.kafka.config import LOCAL_BROKER_SETTINGS, KafkaConfig
 from transforms.sinks.gcp_endpoints import GcpEndpoints
 
 _LOGGER = logging.getLogger(__name__)
+
+quiet_tensorflow.install()  # test logs without TensorFlow's CPU-only start-up notices
 
 REPO = Path(__file__).resolve().parent.parent
 STACK_SCRIPT = REPO / "scripts" / "stack.sh"
