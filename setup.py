@@ -2,7 +2,8 @@
 
 from setuptools import find_packages, setup
 
-# The stack known to work together (see ../shared/FINDINGS.md). Workers install exactly these.
+# The stack known to work together (see docs/local_stack.md#beam-and-tensorflow). Workers install
+# exactly these.
 RUNTIME = [
     "apache-beam[gcp]==2.77.0",
     "tensorflow==2.21.0",

@@ -4,8 +4,9 @@ Same run, same broker, same producer settings (idempotent, acks=all, murmur2_ran
 generated messages (key = i mod 1024, 64-byte value). Each repeat writes ``--messages`` to a fresh
 3-partition topic with the raw loop and then with a pipeline ``Impulse -> FlatMap(generate) ->
 WriteToKafka``, checks the topic holds exactly that many messages, and deletes it. Before each
-timing it waits until the broker's CPU is idle (noida-db rewrites its state after changes,
-FINDINGS quirk 3). Prints msgs/s for each, the ratio, and medians over ``--repeats``.
+timing it waits until the broker's CPU is idle (noida-db rewrites its state after changes, see
+docs/local_stack.md#kafka-broker-noida-db). Prints msgs/s for each, the ratio, and medians over
+``--repeats``.
 
 By default it starts its own noida-db on 127.0.0.1:19292 (data under a temp dir, stopped at the
 end) so a million messages do not load the shared stack; ``--bootstrap`` uses an existing broker.

@@ -48,7 +48,8 @@ _LOGGER = logging.getLogger("local_stack")
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 
-#: librdkafka tuning for noida-db (FINDINGS: it ignores fetch size and wait limits). Must equal
+#: librdkafka tuning for noida-db (it ignores fetch size and wait limits, see
+#: docs/local_stack.md#kafka-broker-noida-db). Must equal
 #: ``transforms.kafka.config.LOCAL_BROKER_SETTINGS``; a unit test checks that.
 LOCAL_KAFKA_CONFIG = {
     "receive.message.max.bytes": "2147483647",
@@ -56,7 +57,8 @@ LOCAL_KAFKA_CONFIG = {
     "fetch.queue.backoff.ms": "100",
 }
 
-#: local-bigquery 0.3.2 and the duckdb 1.5.5 extensions it can load offline (FINDINGS).
+#: local-bigquery 0.3.2 and the duckdb 1.5.5 extensions it can load offline (see
+#: docs/local_stack.md#bigquery-emulator-local-bigquery).
 BIGQUERY_PINS = (
     "local-bigquery==0.3.2",
     "duckdb==1.5.5",

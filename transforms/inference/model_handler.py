@@ -1,13 +1,13 @@
 """A fast RunInference model handler for the project's versioned anomaly SavedModels.
 
 Beam's stock ``TFModelHandlerNumpy`` converts and slices the output tensor row by row (4–5k rows/s
-on a tiny autoencoder, see FINDINGS). :class:`SavedModelHandler` works on whole batches instead:
-one float32 ``[batch, features]`` matrix, one call of the ``serving_default`` signature (through
-a concrete function that slices the per-feature inputs in the graph), one ``.numpy()`` per
-output. :meth:`SavedModelHandler.verdicts` returns the batch's results column-wise
-(:class:`Verdicts`, what :class:`~transforms.inference.scoring.ScoreEvents` uses);
-``run_inference`` wraps
-them in cheap per-row :class:`PredictionResult` objects for plain ``RunInference`` users.
+on a tiny autoencoder, see docs/local_stack.md#beam-and-tensorflow). :class:`SavedModelHandler`
+works on whole batches instead: one float32 ``[batch, features]`` matrix, one call of the
+``serving_default`` signature (through a concrete function that slices the per-feature inputs in
+the graph), one ``.numpy()`` per output. :meth:`SavedModelHandler.verdicts` returns the batch's
+results column-wise (:class:`Verdicts`, what :class:`~transforms.inference.scoring.ScoreEvents`
+uses); ``run_inference`` wraps them in cheap per-row :class:`PredictionResult` objects for plain
+``RunInference`` users.
 
 It also hot-reloads: given a model *root* (``modelPath``) and ``poll_seconds``, it checks between
 batches (at most once per interval) for a newer complete version directory and swaps to it without

@@ -219,8 +219,9 @@ class Settings(Mapping[str, str]):
         return f"Settings({self.redacted()!r})"
 
 
-#: Client settings for the local noida-db broker (FINDINGS: it ignores fetch limits and fetch
-#: waits). Not production defaults: apply with ``config.with_extra(LOCAL_BROKER_SETTINGS)``.
+#: Client settings for the local noida-db broker (it ignores fetch limits and fetch waits, see
+#: docs/local_stack.md#kafka-broker-noida-db). Not production defaults: apply with
+#: ``config.with_extra(LOCAL_BROKER_SETTINGS)``.
 LOCAL_BROKER_SETTINGS = Settings(
     {
         "receive.message.max.bytes": "2147483647",
