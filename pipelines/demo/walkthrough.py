@@ -231,7 +231,9 @@ class _LiveDisplay:
             _say("")
 
 
-def _produce(kafka: list[str], topic: str, count: int, seed: int, **extra: Any) -> Any:
+def _produce(
+    kafka: Sequence[str], topic: str, count: int, seed: int, **extra: Any
+) -> generate_events.ProduceSummary:
     argv = [
         *kafka,
         "--kind=creditcard",
@@ -278,185 +280,293 @@ def _ensure_bucket(name: str) -> None:
         client.create_bucket(name)
 
 
-def _demo(settings: DemoSettings, env: dict[str, str]) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """One run's names and places, derived once from its id and shared by every step."""
+
+    run_id: str
+    out: Path
+    project: str
+    kafka: tuple[str, ...]
+    topics: dict[str, str]
+    schema: str
+    export_dir: str
+    dataset: str
+
+    @property
+    def table(self) -> str:
+        return f"{self.project}:{self.dataset}.transactions"
+
+    @property
+    def model_root(self) -> Path:
+        return self.out / "model"
+
+    @property
+    def scorer_log(self) -> Path:
+        return self.out / "scorer.log"
+
+
+def _new_run(settings: DemoSettings, env: dict[str, str]) -> _Run:
+    """A fresh run id; its output directory, topics, bucket prefix and dataset all carry it."""
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
     out = (settings.output_dir / run_id).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    project = env["GOOGLE_CLOUD_PROJECT"]
-    kafka = [
-        f"--bootstrapServers={env['KAFKA_BOOTSTRAP_SERVERS']}",
-        f"--kafkaConfig={env['KAFKA_CONFIG']}",
-    ]
-    topics = {
-        name: f"demo-{run_id}-{name}"
-        for name in ("history", "live", "predictions", "alerts", "deadletters")
-    }
-    schema = bundled_schema_path("creditcard")
-    export_dir = f"gs://{_BUCKET}/{run_id}/training"
-    dataset = "demo_" + run_id.replace("-", "_")
-    summary: dict[str, Any] = {"run_id": run_id, "topics": topics, "output_dir": str(out)}
-
-    _step(2, f"Generate {settings.events:,} historic transactions into {topics['history']}")
-    produced = _produce(
-        kafka, topics["history"], settings.events, settings.seed, malformed=settings.malformed
+    return _Run(
+        run_id=run_id,
+        out=out,
+        project=env["GOOGLE_CLOUD_PROJECT"],
+        kafka=(
+            f"--bootstrapServers={env['KAFKA_BOOTSTRAP_SERVERS']}",
+            f"--kafkaConfig={env['KAFKA_CONFIG']}",
+        ),
+        topics={
+            name: f"demo-{run_id}-{name}"
+            for name in ("history", "live", "predictions", "alerts", "deadletters")
+        },
+        schema=bundled_schema_path("creditcard"),
+        export_dir=f"gs://{_BUCKET}/{run_id}/training",
+        dataset="demo_" + run_id.replace("-", "_"),
     )
-    summary["history_events"] = produced.delivered
-    summary["history_malformed"] = sum(produced.malformed.values())
 
-    _step(3, "Export: Kafka → TFRecords on gs:// and Kafka → BigQuery (batch, bounded)")
-    source = [
-        *kafka,
-        f"--inputTopic={topics['history']}",
-        "--startOffset=earliest",
-        f"--schemaPath={schema}",
-        "--runner=FnApiRunner",
-        f"--project={project}",
-    ]
+
+def _seconds_since(started: float) -> float:
+    """Seconds since ``started`` (a ``time.monotonic()``), to one decimal as the summary shows."""
+    return round(time.monotonic() - started, 1)
+
+
+def _produce_history(run: _Run, settings: DemoSettings) -> dict[str, Any]:
+    """Step 2: the seeded historic transactions (a few malformed) that export and training read."""
+    _step(2, f"Generate {settings.events:,} historic transactions into {run.topics['history']}")
+    produced = _produce(
+        run.kafka,
+        run.topics["history"],
+        settings.events,
+        settings.seed,
+        malformed=settings.malformed,
+    )
+    return {
+        "history_events": produced.delivered,
+        "history_malformed": sum(produced.malformed.values()),
+    }
+
+
+def _export_tfrecords(run: _Run, source: list[str]) -> tuple[float, int]:
+    """Kafka → TFRecords on the GCS emulator: (seconds taken, dead letters written beside them)."""
     _ensure_bucket(_BUCKET)
     started = time.monotonic()
     kafka_to_gcs.run(
         [
             *source,
-            f"--outputDirectory={export_dir}",
+            f"--outputDirectory={run.export_dir}",
             "--labelField=Class",
-            f"--consumerGroupId=demo-{run_id}-export-gcs",
+            f"--consumerGroupId=demo-{run.run_id}-export-gcs",
         ]
     )
-    summary["export_gcs_seconds"] = round(time.monotonic() - started, 1)
-    gcs_dead = _count_jsonl(f"{export_dir}/{kafka_to_gcs.DEAD_LETTER_DIR}/*")
-    table = f"{project}:{dataset}.transactions"
-    _ensure_dataset(project, dataset)
+    seconds = _seconds_since(started)
+    return seconds, _count_jsonl(f"{run.export_dir}/{kafka_to_gcs.DEAD_LETTER_DIR}/*")
+
+
+def _export_bigquery(run: _Run, source: list[str]) -> float:
+    """Kafka → the BigQuery emulator's table (dead letters in a table beside it); seconds taken."""
+    _ensure_dataset(run.project, run.dataset)
     started = time.monotonic()
     kafka_to_bigquery.run(
         [
             *source,
-            f"--outputTableSpec={table}",
-            f"--outputDeadletterTable={project}:{dataset}.dead_letters",
-            f"--consumerGroupId=demo-{run_id}-export-bq",
+            f"--outputTableSpec={run.table}",
+            f"--outputDeadletterTable={run.project}:{run.dataset}.dead_letters",
+            f"--consumerGroupId=demo-{run.run_id}-export-bq",
         ]
     )
-    summary["export_bigquery_seconds"] = round(time.monotonic() - started, 1)
-    summary["exported_rows_bigquery"] = _bq_count(table)
-    summary["export_dead_letters"] = gcs_dead
-    summary["exported_rows_gcs"] = summary["history_events"] - gcs_dead
-    summary["bigquery_table"] = table
-    summary["tfrecords"] = f"{export_dir}/{kafka_to_gcs.SHARD_PREFIX}-*"
+    return _seconds_since(started)
+
+
+def _export(run: _Run, history_events: int) -> dict[str, Any]:
+    """Step 3: the history topic, read once per sink by the bounded batch export pipelines."""
+    _step(3, "Export: Kafka → TFRecords on gs:// and Kafka → BigQuery (batch, bounded)")
+    source = [
+        *run.kafka,
+        f"--inputTopic={run.topics['history']}",
+        "--startOffset=earliest",
+        f"--schemaPath={run.schema}",
+        "--runner=FnApiRunner",
+        f"--project={run.project}",
+    ]
+    gcs_seconds, gcs_dead = _export_tfrecords(run, source)
+    bigquery_seconds = _export_bigquery(run, source)
+    exported = {
+        "export_gcs_seconds": gcs_seconds,
+        "export_bigquery_seconds": bigquery_seconds,
+        "exported_rows_bigquery": _bq_count(run.table),
+        "export_dead_letters": gcs_dead,
+        "exported_rows_gcs": history_events - gcs_dead,
+        "bigquery_table": run.table,
+        "tfrecords": f"{run.export_dir}/{kafka_to_gcs.SHARD_PREFIX}-*",
+    }
     _say(
-        f"exported {summary['exported_rows_gcs']:,} rows to {export_dir} in "
-        f"{summary['export_gcs_seconds']} s and {summary['exported_rows_bigquery']:,} rows to "
-        f"BigQuery {table} in {summary['export_bigquery_seconds']} s; "
+        f"exported {exported['exported_rows_gcs']:,} rows to {run.export_dir} in "
+        f"{gcs_seconds} s and {exported['exported_rows_bigquery']:,} rows to "
+        f"BigQuery {run.table} in {bigquery_seconds} s; "
         f"{gcs_dead} dead letters (malformed messages)"
     )
+    return exported
 
+
+def _train(run: _Run, settings: DemoSettings, tfrecords: str) -> dict[str, Any]:
+    """Step 4: a model version from the exported TFRecords, with its test metrics and plots."""
     _step(4, "Train: tf.Transform analysis + autoencoder on the exported rows")
-    model_root = out / "model"
     started = time.monotonic()
     result = train.run(
         [
-            f"--trainingData={summary['tfrecords']}",
-            f"--transformDir={out / 'transform'}",
-            f"--modelPath={model_root}",
+            f"--trainingData={tfrecords}",
+            f"--transformDir={run.out / 'transform'}",
+            f"--modelPath={run.model_root}",
             f"--epochs={settings.epochs}",
             f"--seed={settings.seed}",
-            f"--project={project}",
+            f"--project={run.project}",
         ]
     )
-    summary["train_seconds"] = round(time.monotonic() - started, 1)
+    train_seconds = _seconds_since(started)
     test = result.metrics["test"]
-    summary["model"] = {
-        "version": result.version,
-        "path": result.version_dir,
-        "threshold": result.threshold,
-        "pr_auc": test.get("pr_auc"),
-        "precision": test.get("precision"),
-        "recall": test.get("recall"),
-    }
-    summary["plots"] = [
+    plots = [
         str(Path(result.version_dir) / name) for name in ("pr_curve.png", "score_histogram.png")
     ]
     _say(
         f"model v{result.version}: PR-AUC {test.get('pr_auc'):.3f}, precision "
         f"{test.get('precision'):.3f}, recall {test.get('recall'):.3f} at threshold "
-        f"{result.threshold:.4g}\nplots: {', '.join(summary['plots'])}"
+        f"{result.threshold:.4g}\nplots: {', '.join(plots)}"
     )
+    return {
+        "train_seconds": train_seconds,
+        "model": {
+            "version": result.version,
+            "path": result.version_dir,
+            "threshold": result.threshold,
+            "pr_auc": test.get("pr_auc"),
+            "precision": test.get("precision"),
+            "recall": test.get("recall"),
+        },
+        "plots": plots,
+    }
 
+
+def _scorer_argv(run: _Run) -> list[str]:
+    """The streaming scorer's options: live topic in; predictions, alerts, dead letters out."""
+    return [
+        *run.kafka,
+        "--runner=FnApiRunner",
+        "--streaming",
+        f"--inputTopic={run.topics['live']}",
+        f"--outputTopic={run.topics['predictions']}",
+        f"--alertTopic={run.topics['alerts']}",
+        f"--deadLetterTopic={run.topics['deadletters']}",
+        f"--consumerGroupId=demo-{run.run_id}-scorer",
+        "--startOffset=earliest",
+        f"--schemaPath={run.schema}",
+        f"--modelPath={run.model_root}",
+    ]
+
+
+def _stream_burst(
+    run: _Run, settings: DemoSettings, monitor: ScoringMonitor, display: _LiveDisplay
+) -> tuple[int, dict[str, Any]]:
+    """Throughput phase: events as fast as possible; (events delivered, scorer msgs/s if seen)."""
+    burst = _produce(
+        run.kafka,
+        run.topics["live"],
+        settings.burst_events,
+        settings.seed + 1,
+        fraudRate=settings.live_fraud_rate,
+        malformed=settings.malformed,
+    )
+    snap = monitor.wait_for(burst.delivered, timeout=300, tick=display.tick)
+    display.end_line()
+    throughput: dict[str, Any] = {}
+    if snap.first_prediction_at and snap.last_prediction_at:
+        span = snap.last_prediction_at - snap.first_prediction_at
+        throughput["burst_msgs_per_s"] = round(snap.predictions / max(span, 1e-3))
+    return burst.delivered, throughput
+
+
+def _stream_live(
+    run: _Run,
+    settings: DemoSettings,
+    monitor: ScoringMonitor,
+    display: _LiveDisplay,
+    earlier: int,
+) -> tuple[int, MonitorSnapshot]:
+    """Latency phase: events at --rate; (all live events so far, snapshot once all have an
+    outcome or the wait times out)."""
+    monitor.latency_since_ms = time.time() * 1000.0
+    live = _produce(
+        run.kafka,
+        run.topics["live"],
+        settings.live_events,
+        settings.seed + 2,
+        rate=settings.rate,
+        fraudRate=settings.live_fraud_rate,
+        malformed=settings.malformed,
+    )
+    expected = earlier + live.delivered
+    final = monitor.wait_for(expected, timeout=120, tick=display.tick)
+    display.end_line()
+    return expected, final
+
+
+def _score_live(run: _Run, settings: DemoSettings, env: dict[str, str]) -> dict[str, Any]:
+    """Step 5: the streaming scorer on new events, watched until every one has an outcome."""
     _step(5, "Score live: streaming pipeline, events in, predictions and alerts out")
     config = KafkaConfig.from_options(
         {"bootstrapServers": env["KAFKA_BOOTSTRAP_SERVERS"], "kafkaConfig": env["KAFKA_CONFIG"]}
     )
     for name in ("live", "predictions", "alerts", "deadletters"):
-        generate_events.ensure_topic(config, topics[name], 3)
-    scorer_argv = [
-        *kafka,
-        "--runner=FnApiRunner",
-        "--streaming",
-        f"--inputTopic={topics['live']}",
-        f"--outputTopic={topics['predictions']}",
-        f"--alertTopic={topics['alerts']}",
-        f"--deadLetterTopic={topics['deadletters']}",
-        f"--consumerGroupId=demo-{run_id}-scorer",
-        "--startOffset=earliest",
-        f"--schemaPath={schema}",
-        f"--modelPath={model_root}",
-    ]
+        generate_events.ensure_topic(config, run.topics[name], 3)
     display = _LiveDisplay()
     monitor = ScoringMonitor(
         config,
-        predictions=topics["predictions"],
-        alerts=topics["alerts"],
-        dead_letters=topics["deadletters"],
+        predictions=run.topics["predictions"],
+        alerts=run.topics["alerts"],
+        dead_letters=run.topics["deadletters"],
         on_alert=display.alert,
     )
-    with _scorer(scorer_argv, out / "scorer.log") as scorer:
+    scored: dict[str, Any] = {}
+    with _scorer(_scorer_argv(run), run.scorer_log) as scorer:
         monitor.start()
-        expected = 0
-        started = time.monotonic()
+        started, burst_events = time.monotonic(), 0
         if settings.burst_events:
-            burst = _produce(
-                kafka,
-                topics["live"],
-                settings.burst_events,
-                settings.seed + 1,
-                fraudRate=settings.live_fraud_rate,
-                malformed=settings.malformed,
-            )
-            expected += burst.delivered
-            burst_snap = monitor.wait_for(expected, timeout=300, tick=display.tick)
-            display.end_line()
-            if burst_snap.first_prediction_at and burst_snap.last_prediction_at:
-                span = burst_snap.last_prediction_at - burst_snap.first_prediction_at
-                summary["burst_msgs_per_s"] = round(burst_snap.predictions / max(span, 1e-3))
-            summary["scorer_startup_and_burst_seconds"] = round(time.monotonic() - started, 1)
-        monitor.latency_since_ms = time.time() * 1000.0
-        live = _produce(
-            kafka,
-            topics["live"],
-            settings.live_events,
-            settings.seed + 2,
-            rate=settings.rate,
-            fraudRate=settings.live_fraud_rate,
-            malformed=settings.malformed,
-        )
-        expected += live.delivered
-        final = monitor.wait_for(expected, timeout=120, tick=display.tick)
-        display.end_line()
+            burst_events, scored = _stream_burst(run, settings, monitor, display)
+            scored["scorer_startup_and_burst_seconds"] = _seconds_since(started)
+        live_events, final = _stream_live(run, settings, monitor, display, burst_events)
         if scorer.poll() is not None:
-            raise RuntimeError(
-                f"the scorer exited with {scorer.returncode}; see {out / 'scorer.log'}"
-            )
+            raise RuntimeError(f"the scorer exited with {scorer.returncode}; see {run.scorer_log}")
     monitor.stop()
-    summary.update(
-        live_events_in=expected,
-        scored=final.predictions,
-        anomalies=final.anomalies,
-        alerts=final.alerts,
-        live_dead_letters=final.dead_letters,
-        latency_p50_ms=final.latency_p50_ms and round(final.latency_p50_ms),
-        latency_p99_ms=final.latency_p99_ms and round(final.latency_p99_ms),
-        live_rate_msgs_per_s=settings.rate,
-        model_versions=list(final.model_versions),
-        scorer_log=str(out / "scorer.log"),
-    )
+    return {
+        **scored,
+        "live_events_in": live_events,
+        "scored": final.predictions,
+        "anomalies": final.anomalies,
+        "alerts": final.alerts,
+        "live_dead_letters": final.dead_letters,
+        "latency_p50_ms": final.latency_p50_ms and round(final.latency_p50_ms),
+        "latency_p99_ms": final.latency_p99_ms and round(final.latency_p99_ms),
+        "live_rate_msgs_per_s": settings.rate,
+        "model_versions": list(final.model_versions),
+        "scorer_log": str(run.scorer_log),
+    }
+
+
+def _demo(settings: DemoSettings, env: dict[str, str]) -> dict[str, Any]:
+    """Steps 2 to 5 on the running stack; returns the summary they add up to."""
+    run = _new_run(settings, env)
+    summary: dict[str, Any] = {
+        "run_id": run.run_id,
+        "topics": run.topics,
+        "output_dir": str(run.out),
+    }
+    summary.update(_produce_history(run, settings))
+    summary.update(_export(run, summary["history_events"]))
+    summary.update(_train(run, settings, summary["tfrecords"]))
+    summary.update(_score_live(run, settings, env))
     return summary
 
 
@@ -523,9 +633,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     except KeyboardInterrupt:
         _say("\ninterrupted: every process the demo started has been stopped")
         raise SystemExit(130) from None
-    summary["total_seconds"] = round(time.monotonic() - started, 1)
+    summary["total_seconds"] = _seconds_since(started)
     _print_summary(summary)
     Path(summary["output_dir"], "summary.json").write_text(json.dumps(summary, indent=2))
     _say(f"done in {summary['total_seconds']} s")
     return summary
-
