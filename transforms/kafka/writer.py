@@ -5,6 +5,12 @@ bundles and DoFn instances. Every bundle is flushed in ``finish_bundle`` and fai
 :class:`KafkaWriteError`) if any of its messages was not acknowledged, so the runner retries the
 bundle: messages are never silently lost (at-least-once; a retried bundle may write duplicates).
 
+A *fatal* producer error (e.g. the idempotence "out of order sequence number" a broker restart
+causes, or fencing) makes the client unusable. The bundle then replaces the shared producer and
+produces its messages again with the new one, on every runner (the local one does not retry
+bundles): the stream goes on with at most one bundle of duplicates instead of failing or waiting
+out ``message.timeout.ms``. Transient broker errors stay librdkafka's to retry.
+
 Usage::
 
     alerts | "PublishAlerts" >> WriteToKafka(
@@ -54,6 +60,8 @@ PRODUCER_DEFAULTS: Mapping[str, str] = types.MappingProxyType(
 _METRICS_NAMESPACE = "kafka_beam_ml.WriteToKafka"
 _DEFAULT_MESSAGE_TIMEOUT_MS = 300_000  # librdkafka's message.timeout.ms default
 _FLUSH_MARGIN_S = 10.0  # beyond message.timeout.ms every message has had its delivery report
+_FLUSH_SLICE_S = 0.5  # a flush waits this long at most before looking for a fatal error again
+_MAX_RECOVERIES_PER_BUNDLE = 3  # fatal errors one bundle survives by replacing the producer
 _MAX_REPORTED_ERRORS = 5
 
 Element = Any
@@ -113,11 +121,22 @@ def _shared_producer(config: KafkaConfig, factory: ProducerFactory) -> _SharedPr
         return shared
 
 
-def _evict_producer(config: KafkaConfig, factory: ProducerFactory, shared: _SharedProducer) -> None:
-    """Drop a producer after a fatal error so the retried bundle builds a fresh one."""
+def _replace_producer(
+    config: KafkaConfig, factory: ProducerFactory, failed: _SharedProducer
+) -> _SharedProducer:
+    """The shared producer after ``failed`` hit a fatal error: a fresh one, built once.
+
+    Every DoFn instance that shared ``failed`` calls this; the first builds the replacement,
+    the others get it. The failed client's queue is purged (its messages can never be
+    delivered; each bundle produces its own again).
+    """
     with _PRODUCERS_LOCK:
-        if _PRODUCERS.get((config, factory)) is shared:
+        if _PRODUCERS.get((config, factory)) is failed:
             del _PRODUCERS[(config, factory)]
+            purge = getattr(failed.producer, "purge", None)
+            if purge is not None:
+                purge()
+    return _shared_producer(config, factory)
 
 
 def _flush_timeout_s(config: KafkaConfig) -> float:
@@ -207,6 +226,7 @@ class _ProduceFn(beam.DoFn):
         self._written = Metrics.counter(_METRICS_NAMESPACE, "messages_written")
         self._bytes = Metrics.counter(_METRICS_NAMESPACE, "bytes_written")
         self._errors = Metrics.counter(_METRICS_NAMESPACE, "delivery_errors")
+        self._recreated = Metrics.counter(_METRICS_NAMESPACE, "producers_recreated")
 
     def setup(self) -> None:
         self._shared = _shared_producer(self._config, self._producer_factory)
@@ -219,6 +239,12 @@ class _ProduceFn(beam.DoFn):
         )
 
     def start_bundle(self) -> None:
+        self._new_deliveries()
+        # The bundle's messages as produced, to produce again if the producer fails fatally.
+        self._sent: list[tuple[Any, Any, Any]] = []
+        self._recoveries = 0
+
+    def _new_deliveries(self) -> None:
         self._bundle = _Deliveries()
         # Bound once per bundle: passing a stored callable avoids an allocation per message.
         self._callback = self._bundle.on_delivery
@@ -238,31 +264,36 @@ class _ProduceFn(beam.DoFn):
     def _produce_all(self, messages: Iterable[tuple[Any, Any, Any]]) -> None:
         """Produce ``(key, value, headers)`` messages, then serve the delivery reports due."""
         produce, topic, callback = self._producer.produce, self._topic, self._callback
+        sent = self._sent.append
         count = 0
-        for key, value, headers in messages:
+        for message in messages:
+            key, value, headers = message
             try:
                 produce(topic, value, key, headers=headers, on_delivery=callback)
             except BufferError:
                 self._bundle.produced += count  # a failure raised while waiting counts these
                 count = 0
                 self._produce_when_room(key, value, headers)
+                # A fatal error while waiting replaced the producer, deliveries and sent list.
+                produce, callback, sent = self._producer.produce, self._callback, self._sent.append
             except TypeError as err:
                 raise TypeError(
                     f"WriteToKafka({self._topic!r}): key and value must be bytes, str or None "
                     f"(headers a list of (str, bytes) pairs); got key {type(key).__name__}, "
                     f"value {type(value).__name__}: {err}"
                 ) from None
+            sent(message)
             count += 1
         self._bundle.produced += count
         self._producer.poll(0)
         if self._bundle.failed or self._shared.fatal is not None:
-            self._raise_if_failed()
+            self._check_deliveries()
 
     def _produce_when_room(self, key: Any, value: Any, headers: Any) -> None:
         """The local queue is full: serve delivery reports to make room, then retry."""
         while True:
             self._producer.poll(0.1)
-            self._raise_if_failed()
+            self._check_deliveries()
             try:
                 self._producer.produce(
                     self._topic, value, key, headers=headers, on_delivery=self._callback
@@ -272,32 +303,44 @@ class _ProduceFn(beam.DoFn):
                 continue
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
-        bundle = self._bundle
-        if not bundle.produced:
+        if not self._bundle.produced:
             return
-        deadline = time.monotonic() + self._flush_timeout
-        self._producer.flush(self._flush_timeout)
-        # Another thread's poll may still be running one of our callbacks; wait for all of them.
-        while bundle.pending() and time.monotonic() < deadline:
-            self._producer.poll(0.05)
-        self._raise_if_failed()
-        if bundle.pending():
-            raise KafkaWriteError(
-                f"WriteToKafka({self._topic!r}): {bundle.pending()} of {bundle.produced} messages "
-                f"had no delivery report after {self._flush_timeout:.0f} s "
-                f"(bootstrap.servers={self._config.bootstrap_servers})"
-            )
+        self._await_deliveries()
+        bundle = self._bundle
         self._written.inc(bundle.acked)
         self._bytes.inc(bundle.acked_bytes)
         result = KafkaWriteResult(self._topic, bundle.acked, bundle.acked_bytes)
         yield GlobalWindows.windowed_value(result, Timestamp.now())
 
-    def _raise_if_failed(self) -> None:
+    def _await_deliveries(self) -> None:
+        """Flush in short slices until every message of the bundle has its delivery report.
+
+        Short slices, because a fatal error stops delivery for good: waiting out the whole
+        ``message.timeout.ms`` (5 min by default) would leave a stream silently stuck.
+        """
+        deadline = time.monotonic() + self._flush_timeout
+        while self._bundle.pending():
+            if self._bundle.failed or self._shared.fatal is not None:
+                self._check_deliveries()  # raises, or replaced the producer and produced again
+                deadline = time.monotonic() + self._flush_timeout
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise KafkaWriteError(
+                    f"WriteToKafka({self._topic!r}): {self._bundle.pending()} of "
+                    f"{self._bundle.produced} messages had no delivery report after "
+                    f"{self._flush_timeout:.0f} s (bootstrap.servers="
+                    f"{self._config.bootstrap_servers})"
+                )
+            # flush() serves the reports; another thread's poll may run some of our callbacks.
+            self._producer.flush(min(remaining, _FLUSH_SLICE_S))
+        self._check_deliveries()
+
+    def _check_deliveries(self) -> None:
+        """Recover from a fatal producer error; raise on failed deliveries."""
         if self._shared.fatal is not None:
-            _evict_producer(self._config, self._producer_factory, self._shared)
-            raise KafkaWriteError(
-                f"WriteToKafka({self._topic!r}): the producer failed fatally: {self._shared.fatal}"
-            )
+            self._recover_from_fatal()
+            return
         failed, failures = self._bundle.describe_failures()
         if failed:
             self._errors.inc(failed)
@@ -306,6 +349,30 @@ class _ProduceFn(beam.DoFn):
                 f"were not delivered (bootstrap.servers={self._config.bootstrap_servers}); "
                 f"errors: {failures}"
             )
+
+
+    def _recover_from_fatal(self) -> None:
+        """Replace the failed producer and produce the bundle's messages again (at-least-once)."""
+        fatal = self._shared.fatal
+        self._recoveries += 1
+        if self._recoveries > _MAX_RECOVERIES_PER_BUNDLE:
+            raise KafkaWriteError(
+                f"WriteToKafka({self._topic!r}): the producer failed fatally "
+                f"{self._recoveries} times in one bundle; last error: {fatal}"
+            )
+        _LOGGER.warning(
+            "WriteToKafka(%r): producer failed fatally (%s); replacing it and producing the "
+            "bundle's %d messages again",
+            self._topic,
+            fatal,
+            len(self._sent),
+        )
+        self._shared = _replace_producer(self._config, self._producer_factory, self._shared)
+        self._producer = self._shared.producer
+        self._recreated.inc()
+        messages, self._sent = self._sent, []
+        self._new_deliveries()
+        self._produce_all(messages)
 
 
 class _ProduceBatchFn(_ProduceFn):

@@ -32,7 +32,8 @@ class FakeProducer:
 
     Instances register by ``client.id`` so a test can inspect the one its pipeline built.
     ``fail_values`` get a timed-out delivery report, ``capacity`` bounds the local queue
-    (``BufferError`` beyond it) and ``fatal`` raises a fatal client error on the next poll.
+    (``BufferError`` beyond it) and ``fatal`` raises a fatal client error on the next poll
+    (``fatal_after_polls``: after that many polls); a fatal producer delivers nothing.
     """
 
     instances: dict[str, list[FakeProducer]] = {}
@@ -44,9 +45,16 @@ class FakeProducer:
         self.fail_values = set()
         self.capacity = None
         self.fatal = False
+        self.fatal_after_polls: int | None = None
+        self.purged = False
         self.lock = threading.Lock()
-        self.instances.setdefault(settings["client.id"], []).append(self)
         self.configure(self)
+        self.instances.setdefault(settings["client.id"], []).append(self)
+
+    @classmethod
+    def instances_of(cls, producer) -> list[FakeProducer]:
+        """The producers built before ``producer`` for the same config."""
+        return cls.instances.get(producer.settings["client.id"], [])
 
     @staticmethod
     def configure(producer):
@@ -61,11 +69,21 @@ class FakeProducer:
                 raise BufferError("Local: Queue full")
             self.queue.append((topic, key, value, headers, on_delivery))
 
+    def purge(self):
+        with self.lock:
+            self.queue = []
+        self.purged = True
+
     def poll(self, timeout=0):
+        if self.fatal_after_polls is not None:
+            self.fatal_after_polls -= 1
+            if self.fatal_after_polls < 0:
+                self.fatal = True
         if self.fatal:
             self.settings["error_cb"](
                 confluent_kafka.KafkaError(confluent_kafka.KafkaError._FENCED, "fenced", fatal=True)
             )
+            return 0  # a fatal client delivers nothing more
         with self.lock:
             queue, self.queue = self.queue, []
         for topic, key, value, headers, callback in queue:
@@ -204,16 +222,58 @@ def test_a_failed_delivery_fails_the_bundle(config, monkeypatch):
         _write(config, [(None, b"ok"), (None, b"bad"), (None, b"ok2")])
 
 
-def test_a_fatal_producer_error_fails_and_replaces_the_producer(config, monkeypatch):
+def test_a_fatal_producer_error_replaces_the_producer_and_produces_the_bundle_again(
+    config, monkeypatch
+):
+    # Only the first producer fails (as after a broker restart under idempotence): its queued
+    # messages are purged, the second one delivers the whole bundle.
+    monkeypatch.setattr(
+        FakeProducer,
+        "configure",
+        staticmethod(lambda fp: setattr(fp, "fatal", not FakeProducer.instances_of(fp))),
+    )
+    elements = [(None, str(i).encode()) for i in range(5)]
+    with test_pipeline.TestPipeline() as p:
+        results = (
+            p
+            | beam.Create(elements, reshuffle=False)
+            | WriteToKafka(config, TOPIC, producer_factory=FakeProducer)
+            | beam.Map(lambda r: r.messages)
+            | beam.CombineGlobally(sum)
+        )
+        assert_that(results, equal_to([5]))
+    first, second = FakeProducer.instances[config.extra["client.id"]]
+    assert first.delivered == [] and first.purged
+    assert sorted(m[2] for m in second.delivered) == sorted(e[1] for e in elements)
+    counters = committed_counters(p.result, "kafka_beam_ml.WriteToKafka")
+    assert counters["producers_recreated"] == 1
+    assert counters["messages_written"] == 5
+
+
+def test_a_producer_that_keeps_failing_fatally_fails_the_bundle(config, monkeypatch):
     monkeypatch.setattr(
         FakeProducer, "configure", staticmethod(lambda fp: setattr(fp, "fatal", True))
     )
-    with pytest.raises(KafkaWriteError, match="failed fatally"):
+    with pytest.raises(KafkaWriteError, match="failed fatally 4 times in one bundle.*fenced"):
         _write(config, [(None, b"x")])
-    monkeypatch.setattr(FakeProducer, "configure", staticmethod(lambda fp: None))
-    FakeProducer.instances.pop(config.extra["client.id"])
-    producer, _ = _write(config, [(None, b"y")])
-    assert producer.delivered == [(TOPIC, None, b"y", None)]
+
+
+def test_batched_write_survives_a_fatal_error_while_waiting_for_room(config, monkeypatch):
+    def configure(fp):
+        fp.capacity = 2
+        fp.fatal_after_polls = 1 if not FakeProducer.instances_of(fp) else None
+
+    monkeypatch.setattr(FakeProducer, "configure", staticmethod(configure))
+    items = [(None, str(i).encode()) for i in range(7)]
+    with test_pipeline.TestPipeline() as p:
+        _ = (
+            p
+            | beam.Create([items])
+            | WriteToKafka(config, TOPIC, producer_factory=FakeProducer).batched()
+        )
+    producers = FakeProducer.instances[config.extra["client.id"]]
+    assert len(producers) == 2
+    assert sorted(m[2] for m in producers[1].delivered) == sorted(v for _, v in items)
 
 
 @pytest.mark.parametrize(
