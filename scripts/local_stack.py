@@ -9,7 +9,9 @@ Commands::
     up [--free-ports] [SERVICE ...]
                        install what is missing, start what is not running, wait until it answers
     install            only install (the BigQuery emulator's venv)
-    down               stop exactly the processes this stack started (SIGTERM, then SIGKILL)
+    down [SERVICE ...] stop exactly the processes this stack started (SIGTERM, then SIGKILL)
+    restart SERVICE ... [--down-seconds N]
+                       stop the services, stay down N seconds, start them on the same data
     status [--json]    one line per service: name, pid, port, up/down (exit 3 if one is down)
     env [--json]       shell exports (or JSON) pointing clients at the stack
 
@@ -442,12 +444,28 @@ class Stack:
             f"log {self._logfile(service)}:\n{_tail(self._logfile(service))}"
         )
 
-    def down(self) -> None:
-        """Stop the processes this stack started (and only those); data is kept."""
+    def down(self, names: list[str] | None = None) -> None:
+        """Stop the processes this stack started (and only those); data is kept.
+
+        With ``names`` only those services stop, and their ports stay reserved for ``up``.
+        """
         with self._locked():
-            for service in self.services:
+            for service in self.select(names or []):
                 self._stop(service)
-            self._ports_file().unlink(missing_ok=True)
+            if not names:
+                self._ports_file().unlink(missing_ok=True)
+
+    def restart(self, names: list[str], *, down_seconds: float = 0.0) -> None:
+        """Stop the named services, stay down ``down_seconds``, start them on the same data.
+
+        The fault the resilience tests and operators rehearse: a broker that goes away (SIGTERM,
+        as in a rolling restart) and comes back with its data on the same port.
+        """
+        self.down(names)
+        if down_seconds > 0:
+            _LOGGER.info("%s: down for %.0f s", ", ".join(names), down_seconds)
+            time.sleep(down_seconds)
+        self.up(names)
 
     def _stop(self, service: Service) -> None:
         pid = self.running_pid(service)
@@ -564,7 +582,13 @@ def main(argv: list[str] | None = None) -> int:
         "--free-ports", action="store_true", help="move to free ports when a default one is taken"
     )
     commands.add_parser("install", help="install the servers without starting them")
-    commands.add_parser("down", help="stop what this stack started")
+    down = commands.add_parser("down", help="stop what this stack started")
+    down.add_argument("services", nargs="*", help="kafka, bigquery, gcs (default: all)")
+    restart = commands.add_parser("restart", help="stop services, then start them on the same data")
+    restart.add_argument("services", nargs="+", help="kafka, bigquery, gcs")
+    restart.add_argument(
+        "--down-seconds", type=float, default=0.0, help="how long to stay down (default 0)"
+    )
     status = commands.add_parser("status", help="show each service (exit 3 if one is down)")
     status.add_argument("--json", action="store_true", help="print a JSON list instead")
     env = commands.add_parser("env", help="print exports for clients")
@@ -578,7 +602,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "install":
             stack.install()
         elif args.command == "down":
-            stack.down()
+            stack.down(args.services)
+        elif args.command == "restart":
+            stack.restart(args.services, down_seconds=args.down_seconds)
         elif args.command == "status":
             rows = stack.status()
             if args.json:
