@@ -199,6 +199,17 @@ def _check_features(schema: RowSchema, features: Sequence[str]) -> None:
         raise ValueError(f"features must be numeric fields of the schema; bad: {problems}")
 
 
+def _model_features(schema: RowSchema, settings: TrainSettings) -> tuple[str, ...]:
+    """The model's features; raises if they, the label or the id field do not fit the schema."""
+    features = settings.features or _default_features(schema, settings.label)
+    _check_features(schema, features)
+    if settings.label is not None and settings.label not in schema:
+        raise ValueError(f"label {settings.label!r} is not a field of the schema")
+    if settings.id_field is not None and settings.id_field not in schema:
+        raise ValueError(f"id field {settings.id_field!r} is not a field of the schema")
+    return features
+
+
 def _columns(rows: Sequence[Mapping[str, Any]], features: Sequence[str]) -> dict[str, np.ndarray]:
     """Feature columns as float32; a missing (NULLABLE) value is NaN, as the model expects."""
     return {
@@ -212,6 +223,41 @@ def _labels(rows: Sequence[Mapping[str, Any]], label: str | None) -> np.ndarray:
     if label is None:
         return np.full(len(rows), -1, np.int64)
     return np.array([-1 if r.get(label) is None else int(r[label]) for r in rows], np.int64)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Splits:
+    """The rows (in id order when there is an id field), each one's split name and label."""
+
+    rows: Sequence[Mapping[str, Any]]
+    names: np.ndarray
+    labels: np.ndarray
+
+    def mask(self, name: str) -> np.ndarray:
+        """Which rows are in split ``name``."""
+        return self.names == name
+
+    def normal_in(self, name: str) -> np.ndarray:
+        """Which rows are in split ``name`` and normal (label 0 or none)."""
+        return self.mask(name) & (self.labels <= 0)
+
+    def rows_in(self, name: str) -> list[Mapping[str, Any]]:
+        """The rows of split ``name``, in order."""
+        return [r for r, s in zip(self.rows, self.names, strict=True) if s == name]
+
+
+def _split_rows(rows: Sequence[Mapping[str, Any]], settings: TrainSettings) -> _Splits:
+    """Split the rows by id hash (or seeded shuffle) and check both fitting splits have normals."""
+    rows = sorted(rows, key=lambda r: str(r[settings.id_field])) if settings.id_field else rows
+    if settings.id_field:
+        names = np.array([split_of(r[settings.id_field]) for r in rows])
+    else:
+        order = np.random.default_rng(settings.seed).permutation(len(rows))
+        names = np.array(_SPLITS)[np.digitize(order / max(len(rows), 1), [0.6, 0.8])]
+    splits = _Splits(rows, names, _labels(rows, settings.label))
+    if not splits.normal_in("train").any() or not splits.normal_in("validation").any():
+        raise ValueError(f"too few rows to train: {len(rows)} (need normal train and val rows)")
+    return splits
 
 
 def next_version(model_path: str) -> int:
@@ -275,9 +321,36 @@ def _seeded_autoencoder(n_features: int, settings: TrainSettings) -> Any:
     return build_autoencoder(n_features, learning_rate=settings.learning_rate)
 
 
+def _build_model(
+    splits: _Splits,
+    schema: RowSchema,
+    features: tuple[str, ...],
+    settings: TrainSettings,
+    work: str,
+) -> Any:
+    """The untrained AnomalyModel: the (loaded or freshly analyzed) transform + a seeded network."""
+    import tensorflow_transform as tft
+
+    from pipelines.training.autoencoder import AnomalyModel
+
+    transform_dir = _local_transform(splits.rows_in("train"), schema, settings, work)
+    transform_output = tft.TFTransformOutput(transform_dir)
+    autoencoder = _seeded_autoencoder(len(features), settings)
+    return AnomalyModel(transform_output, autoencoder, features, schema, 0.0)
+
+
+def _model_inputs(model: Any, splits: _Splits, features: tuple[str, ...]) -> np.ndarray:
+    """Every row through the serving path's own transform, so training sees what serving will."""
+    x = model.transform(_columns(splits.rows, features)).numpy()
+    if not np.isfinite(x).all():
+        raise ValueError("transformed features contain NaN/inf; check the input rows")
+    return x
+
+
 def _fit(
     autoencoder: Any, x_train: np.ndarray, x_val: np.ndarray, settings: TrainSettings, log_dir: str
 ) -> dict[str, list[float]]:
+    """Fit the autoencoder to reconstruct ``x_train``, stopping early on ``x_val``; its history."""
     import keras
 
     history = autoencoder.fit(
@@ -306,6 +379,7 @@ def _split_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> 
 
 
 def _threshold(labels: np.ndarray, scores: np.ndarray, settings: TrainSettings) -> float:
+    """The best threshold on the labelled rows, or the 99.9th score percentile without anomalies."""
     known = labels >= 0
     if labels[known].any():
         return evaluation.pick_threshold(
@@ -319,108 +393,124 @@ def _threshold(labels: np.ndarray, scores: np.ndarray, settings: TrainSettings) 
     return fallback
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Evaluation:
+    """The picked threshold, the metrics (``metrics.json`` less the history) and the test split."""
+
+    threshold: float
+    metrics: dict[str, Any]
+    history: dict[str, list[float]]
+    test_labels: np.ndarray
+    test_scores: np.ndarray
+
+
+def _evaluate(
+    splits: _Splits, scores: np.ndarray, history: dict[str, list[float]], settings: TrainSettings
+) -> _Evaluation:
+    """Pick the threshold on the validation split and measure it on both held-out splits."""
+    val, test = splits.mask("validation"), splits.mask("test")
+    threshold = _threshold(splits.labels[val], scores[val], settings)
+    metrics = {
+        "test": _split_metrics(splits.labels[test], scores[test], threshold),
+        "validation": _split_metrics(splits.labels[val], scores[val], threshold),
+        "rows": {name: int(splits.mask(name).sum()) for name in _SPLITS},
+        "trained_on_normal_rows": int(splits.normal_in("train").sum()),
+        "epochs_run": len(history["loss"]),
+        "best_val_loss": float(min(history["val_loss"])),
+        "threshold_strategy": (
+            f"target_precision={settings.target_precision}"
+            if settings.target_precision is not None
+            else "max_f1"
+        ),
+        "seed": settings.seed,
+    }
+    _LOGGER.info("Test metrics: %s", metrics["test"])
+    return _Evaluation(threshold, metrics, history, splits.labels[test], scores[test])
+
+
+def _plot_test_split(directory: str, evaluated: _Evaluation) -> None:
+    """Write the test split's PR curve and score histogram, when it has any anomaly."""
+    labels = evaluated.test_labels
+    if not (labels == 1).any():
+        return
+    known = labels >= 0
+    for name, plot in (
+        ("pr_curve.png", evaluation.plot_pr_curve),
+        ("score_histogram.png", evaluation.plot_score_histogram),
+    ):
+        plot(
+            os.path.join(directory, name),
+            labels[known], evaluated.test_scores[known], evaluated.threshold,
+        )  # fmt: skip
+
+
+def _write_json(path: str, value: Any, **kwargs: Any) -> None:
+    """``value`` as indented JSON at the local ``path``."""
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(value, handle, indent=2, **kwargs)
+
+
+def _write_artifacts(model: Any, staging: str, evaluated: _Evaluation) -> None:
+    """Save the model with its threshold, the plots and ``metrics.json`` to ``staging``."""
+    model.threshold.assign(evaluated.threshold)
+    model.save(staging)
+    _plot_test_split(staging, evaluated)
+    metrics = {**evaluated.metrics, "history": evaluated.history}
+    _write_json(os.path.join(staging, "metrics.json"), metrics, default=float)
+
+
+def _publish(
+    staging: str, features: tuple[str, ...], evaluated: _Evaluation, settings: TrainSettings
+) -> tuple[int, str]:
+    """Add ``model_info.json`` and upload ``staging`` as the next version (that file last)."""
+    version = next_version(settings.model_path)
+    info = {
+        "version": version,
+        "features": list(features),
+        "threshold": evaluated.threshold,
+        "label": settings.label,
+        "id_field": settings.id_field,
+        "metrics": evaluated.metrics["test"],
+        "transform_dir": settings.transform_dir,
+    }
+    _write_json(os.path.join(staging, MODEL_INFO_FILE), info)
+    version_dir = FileSystems.join(settings.model_path, str(version))
+    upload_tree(staging, version_dir, last=MODEL_INFO_FILE)
+    return version, version_dir
+
+
 def train(
     rows: Sequence[Mapping[str, Any]], schema: RowSchema, settings: TrainSettings
 ) -> TrainResult:
     """Split, transform, train, evaluate and export; see the module doc for the steps."""
-    import tensorflow_transform as tft
+    from pipelines.training.autoencoder import reconstruction_error
 
-    from pipelines.training.autoencoder import AnomalyModel, reconstruction_error
-
-    features = settings.features or _default_features(schema, settings.label)
-    _check_features(schema, features)
-    if settings.label is not None and settings.label not in schema:
-        raise ValueError(f"label {settings.label!r} is not a field of the schema")
-    if settings.id_field is not None and settings.id_field not in schema:
-        raise ValueError(f"id field {settings.id_field!r} is not a field of the schema")
-    rows = sorted(rows, key=lambda r: str(r[settings.id_field])) if settings.id_field else rows
-    if settings.id_field:
-        split = np.array([split_of(r[settings.id_field]) for r in rows])
-    else:
-        order = np.random.default_rng(settings.seed).permutation(len(rows))
-        split = np.array(_SPLITS)[np.digitize(order / max(len(rows), 1), [0.6, 0.8])]
-    labels = _labels(rows, settings.label)
-    in_split = {name: split == name for name in _SPLITS}
-    normal = labels <= 0
-    if not (in_split["train"] & normal).any() or not (in_split["validation"] & normal).any():
-        raise ValueError(f"too few rows to train: {len(rows)} (need normal train and val rows)")
-
+    features = _model_features(schema, settings)
+    splits = _split_rows(rows, settings)
     with tempfile.TemporaryDirectory(prefix="train-") as work:
-        train_rows = [r for r, s in zip(rows, split, strict=True) if s == "train"]
-        transform_output = tft.TFTransformOutput(
-            _local_transform(train_rows, schema, settings, work)
-        )
         staging = os.path.join(work, "export")
-        autoencoder = _seeded_autoencoder(len(features), settings)
-        model = AnomalyModel(transform_output, autoencoder, features, schema, 0.0)
-        # The serving path's own transform, so training sees exactly what serving will.
-        x = model.transform(_columns(rows, features)).numpy()
-        if not np.isfinite(x).all():
-            raise ValueError("transformed features contain NaN/inf; check the input rows")
+        model = _build_model(splits, schema, features, settings, work)
+        x = _model_inputs(model, splits, features)
         history = _fit(
-            autoencoder,
-            x[in_split["train"] & normal],
-            x[in_split["validation"] & normal],
+            model.autoencoder,
+            x[splits.normal_in("train")],
+            x[splits.normal_in("validation")],
             settings,
             os.path.join(staging, "logs"),
         )
-        scores = reconstruction_error(autoencoder, x)
-        val, test = in_split["validation"], in_split["test"]
-        threshold = _threshold(labels[val], scores[val], settings)
-        metrics = {
-            "test": _split_metrics(labels[test], scores[test], threshold),
-            "validation": _split_metrics(labels[val], scores[val], threshold),
-            "rows": {name: int(mask.sum()) for name, mask in in_split.items()},
-            "trained_on_normal_rows": int((in_split["train"] & normal).sum()),
-            "epochs_run": len(history["loss"]),
-            "best_val_loss": float(min(history["val_loss"])),
-            "threshold_strategy": (
-                f"target_precision={settings.target_precision}"
-                if settings.target_precision is not None
-                else "max_f1"
-            ),
-            "seed": settings.seed,
-        }
-        _LOGGER.info("Test metrics: %s", metrics["test"])
-
-        model.threshold.assign(threshold)
-        model.save(staging)
-        test_labels = labels[test]
-        if (test_labels == 1).any():
-            known = test_labels >= 0
-            evaluation.plot_pr_curve(
-                os.path.join(staging, "pr_curve.png"),
-                test_labels[known], scores[test][known], threshold,
-            )  # fmt: skip
-            evaluation.plot_score_histogram(
-                os.path.join(staging, "score_histogram.png"),
-                test_labels[known], scores[test][known], threshold,
-            )  # fmt: skip
-        with open(os.path.join(staging, "metrics.json"), "w", encoding="utf-8") as handle:
-            json.dump({**metrics, "history": history}, handle, indent=2, default=float)
-        version = next_version(settings.model_path)
-        info = {
-            "version": version,
-            "features": list(features),
-            "threshold": threshold,
-            "label": settings.label,
-            "id_field": settings.id_field,
-            "metrics": metrics["test"],
-            "transform_dir": settings.transform_dir,
-        }
-        with open(os.path.join(staging, MODEL_INFO_FILE), "w", encoding="utf-8") as handle:
-            json.dump(info, handle, indent=2)
-        version_dir = FileSystems.join(settings.model_path, str(version))
-        upload_tree(staging, version_dir, last=MODEL_INFO_FILE)
+        scores = reconstruction_error(model.autoencoder, x)
+        evaluated = _evaluate(splits, scores, history, settings)
+        _write_artifacts(model, staging, evaluated)
+        version, version_dir = _publish(staging, features, evaluated, settings)
     _LOGGER.info("Exported model version %d to %s", version, version_dir)
     return TrainResult(
         version=version,
         version_dir=version_dir,
-        threshold=threshold,
+        threshold=evaluated.threshold,
         features=tuple(features),
-        metrics=metrics,
-        test_rows=[r for r, s in zip(rows, split, strict=True) if s == "test"],
-        test_scores=scores[test],
+        metrics=evaluated.metrics,
+        test_rows=splits.rows_in("test"),
+        test_scores=evaluated.test_scores,
     )
 
 
