@@ -11,6 +11,8 @@ Maven jar. This one reads each topic-partition as one restriction of a splittabl
   chain after the reader sees records live, also on the local FnApiRunner with ``--streaming``);
 * the watermark follows record timestamps and advances on idle partitions;
 * backlog (end offset − position) is reported through ``restriction_size`` and progress;
+* each polled batch and each commit is recorded in :mod:`transforms.progress` (records consumed,
+  position and end offset per partition, committed offsets) for the stall watchdog;
 * offsets are committed to the consumer group in a bundle finalizer, i.e. only after the runner
   has durably processed the bundle's output: **at-least-once**. A crash re-reads from the last
   commit; nothing is lost, some records may be delivered again.
@@ -37,6 +39,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from transforms import progress
 from transforms.batch import Batch
 from transforms.kafka.config import KafkaConfig
 from transforms.kafka.heap import settle_heap
@@ -211,6 +214,13 @@ class _PlanPartitionsFn(beam.DoFn):
             )
         finally:
             client.close()
+        for plan in plans:  # every partition shows its backlog before its first poll
+            progress.record_position(
+                plan.topic,
+                plan.partition,
+                plan.start_offset,
+                min(plan.end_offset_at_launch, plan.stop_offset),
+            )
         yield from plans
 
 
@@ -306,6 +316,7 @@ class _ReadPartitionsFn(beam.DoFn):
         reader = self._consumer(plan.topic, plan.partition)
         reader.position_at(start)
         next_offset = start
+        plan_stop = plan.stop_offset  # the restriction's own stop shrinks when it checkpoints
         deadline = time.monotonic() + self._max_process_s
         done = False
         while True:
@@ -333,6 +344,11 @@ class _ReadPartitionsFn(beam.DoFn):
                 sample = batch[:16]  # enough for a size estimate, cheap per batch
                 reader.mean_bytes = sum(len(m) for m in sample) / len(sample)
                 records, earliest = _records(plan.topic, plan.partition, batch)
+                # Before the yield: a downstream step that never returns leaves this on record.
+                progress.add(progress.CONSUMED, len(records))
+                progress.record_position(
+                    plan.topic, plan.partition, next_offset, min(reader.end_offset(), plan_stop)
+                )
                 # Free the messages before downstream steps run: alive across the collector's
                 # young-generation passes they would be promoted and bring on full collections.
                 del messages, batch, sample
@@ -345,7 +361,11 @@ class _ReadPartitionsFn(beam.DoFn):
             if time.monotonic() >= deadline:
                 tracker.defer_remainder()
                 break
-        BACKLOG.record(plan.topic, plan.partition, reader.end_offset(), reader.mean_bytes)
+        end = reader.end_offset()
+        BACKLOG.record(plan.topic, plan.partition, end, reader.mean_bytes)
+        # A finished (bounded) read has nothing left, whatever the log end is now.
+        reached = next_offset if done else min(end, plan_stop)
+        progress.record_position(plan.topic, plan.partition, next_offset, reached)
         if done:
             # Its prefetcher would keep polling the log end (about a core per consumer on
             # noida-db), and no later restriction of this partition starts where this one ended.
@@ -410,6 +430,7 @@ class _ReadPartitionsFn(beam.DoFn):
             )
             return
         self._committed[key] = offset
+        progress.record_commit(topic, partition, offset)
 
 
 class _ReadUnboundedPartitionsFn(_ReadPartitionsFn):
