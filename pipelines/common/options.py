@@ -204,7 +204,7 @@ KAFKA_CONNECTION: tuple[Option, ...] = (
     ),
 )
 
-#: Reading a topic: connection plus topic, group and start position.
+#: Reading a topic: connection, topic, group, start position, progress log and stall watchdog.
 KAFKA_SOURCE: tuple[Option, ...] = (
     *KAFKA_CONNECTION,
     Option(
@@ -235,6 +235,28 @@ KAFKA_SOURCE: tuple[Option, ...] = (
             r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})",
         ),
         example="2026-11-01T00:00:00Z",
+    ),
+    Option(
+        "progressSeconds",
+        "Progress log interval",
+        "Seconds between progress log lines (records consumed, written and dead-lettered, lag "
+        "and committed offset per partition). 0 turns them off.",
+        type=int,
+        default=60,
+        regexes=(r"0|[1-9][0-9]{0,5}",),
+        example="60",
+    ),
+    Option(
+        "stallTimeoutSeconds",
+        "Stall timeout",
+        "When partitions have lag but no record was consumed or written and no offset moved for "
+        "this many seconds, log why and exit with status 3 so a supervisor restarts the "
+        "pipeline. Watches the workers running in the launching process (local runners). 0 "
+        "turns it off.",
+        type=int,
+        default=300,
+        regexes=(r"0|[1-9][0-9]{0,5}",),
+        example="300",
     ),
 )
 
