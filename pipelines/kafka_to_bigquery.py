@@ -166,7 +166,9 @@ def build_pipeline(
         written.dead_letters,
     ) | "AllDeadLetters" >> beam.Flatten()
     _ = dead_letters | "WriteDeadLetters" >> WriteDeadLettersToBigQuery(
-        dead_letter_table, endpoints=source.endpoints
+        dead_letter_table,
+        endpoints=source.endpoints,
+        max_payload_bytes=values["deadLetterMaxPayloadBytes"],
     )
     return KafkaToBigQueryOutputs(decoded.rows, dead_letters)
 

@@ -34,6 +34,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.common.options import Option, OptionError, options_class
 from pipelines.common.row_source import ROW_SOURCE, RowSource
 from transforms.sinks.tfrecord import WriteTFRecords
+from transforms.size_limits import FitDeadLetters
 
 __all__ = [
     "OPTIONS",
@@ -197,6 +198,8 @@ def build_pipeline(
     ) | "AllDeadLetters" >> beam.Flatten()
     _ = (
         dead_letters
+        # Files have no record limit: only --deadLetterMaxPayloadBytes cuts payloads.
+        | "FitDeadLetters" >> FitDeadLetters(values["deadLetterMaxPayloadBytes"])
         | "DeadLetterJson" >> beam.Map(lambda letter: letter.to_json().decode("utf-8"))
         | "WriteDeadLetters"
         >> beam.io.WriteToText(

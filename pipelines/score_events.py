@@ -7,6 +7,11 @@
 under ``modelPath`` is loaded at start and a newer one is picked up every ``modelPollSeconds``
 without a restart. Offsets are committed after the outputs are written: at-least-once.
 
+No record can fail a bundle for its size: a prediction or alert too big for its topic
+(``message.max.bytes``/``max.message.bytes``, read at set-up) becomes a dead letter (stage
+``"size"``), and dead-letter payloads are cut to ``--deadLetterMaxPayloadBytes`` and to what the
+dead-letter topic accepts (docs/scoring.md, "Message size limits").
+
 Run locally (streaming on the FnApiRunner; see docs/scoring.md)::
 
     python -m pipelines.score_events --runner=FnApiRunner --streaming \\
@@ -47,7 +52,15 @@ from transforms.inference.model_store import (
 )
 from transforms.inference.scoring import Prediction, ScoreEvents, ScoringResult
 from transforms.kafka.config import redact_option_values
+from transforms.kafka.limits import TopicRecordLimit
 from transforms.kafka.writer import WriteToKafka
+from transforms.size_limits import (
+    KEY,
+    VALUE,
+    EncodeWithinLimit,
+    FitDeadLetters,
+    kafka_dead_letter_bytes,
+)
 
 __all__ = ["OPTIONS", "ScoreEventsOptions", "build_pipeline", "run"]
 
@@ -196,19 +209,46 @@ def build_pipeline(
     )
     scored = decoded.rows | "ScoreEvents" >> (scorer.batched() if batched else scorer)
 
-    for name, topic, predictions in (
-        ("Predictions", values["outputTopic"], scored.predictions),
-        ("Alerts", values["alertTopic"], scored.alerts),
+    # Each output is encoded once and checked against its topic's record limit (read from the
+    # broker when the step is set up): a record too big for it becomes a dead letter instead of
+    # failing the bundle. An alert is also a prediction: one too big for the prediction topic
+    # is dead-lettered there only.
+    output_limit = TopicRecordLimit(config, values["outputTopic"])
+    size_dead_letters = []
+    for name, topic, predictions, covered in (
+        ("Predictions", values["outputTopic"], scored.predictions, None),
+        ("Alerts", values["alertTopic"], scored.alerts, output_limit),
     ):
         if topic:
-            sink = WriteToKafka(config, topic, key_fn=_KEY, value_fn=Prediction.to_json)
-            _ = predictions | f"Write{name}" >> (sink.batched() if batched else sink)
-    # Each dead-letter stream is written on its own: a Flatten of the two would be a stage of
-    # its own on the local FnApiRunner, which then only runs when the stream ends.
-    for name, letters in (("Decode", decoded.dead_letters), ("Score", scored.dead_letters)):
-        if values["deadLetterTopic"]:
-            _ = letters | f"Write{name}DeadLetters" >> WriteToKafka(
-                config, values["deadLetterTopic"], key_fn=_KEY, value_fn=DeadLetter.to_json
+            encode = EncodeWithinLimit(
+                TopicRecordLimit(config, topic),
+                key_fn=_KEY,
+                value_fn=Prediction.to_json,
+                covered_above=covered,
+            )
+            sized = predictions | f"Size{name}" >> (encode.batched() if batched else encode)
+            sink = WriteToKafka(config, topic, key_fn=KEY, value_fn=VALUE)
+            _ = sized.records | f"Write{name}" >> (sink.batched() if batched else sink)
+            size_dead_letters.append((f"{name}Size", sized.dead_letters))
+    # Each dead-letter stream is written on its own: a Flatten of them would be a stage of its
+    # own on the local FnApiRunner, which then only runs when the stream ends.
+    dead_letter_topic = values["deadLetterTopic"]
+    for name, letters in (
+        ("Decode", decoded.dead_letters),
+        ("Score", scored.dead_letters),
+        *size_dead_letters,
+    ):
+        if dead_letter_topic:
+            fit = FitDeadLetters(
+                values["deadLetterMaxPayloadBytes"],
+                limit=TopicRecordLimit(config, dead_letter_topic),
+                record_bytes=kafka_dead_letter_bytes,
+            )
+            _ = (
+                letters
+                | f"Fit{name}DeadLetters" >> fit
+                | f"Write{name}DeadLetters"
+                >> WriteToKafka(config, dead_letter_topic, key_fn=_KEY, value_fn=DeadLetter.to_json)
             )
         else:
             _ = letters | f"Log{name}DeadLetters" >> beam.Map(_log_dead_letter)

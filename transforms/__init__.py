@@ -10,5 +10,7 @@ One subpackage per concept, in the order data flows through them:
 - :mod:`transforms.inference`: the SavedModel handler, its versioned store and live scoring.
 
 Two element types cross every stage and live here: :mod:`transforms.batch` (a list moving as one
-element) and :mod:`transforms.dead_letter` (what any stage emits for input it cannot use).
+element) and :mod:`transforms.dead_letter` (what any stage emits for input it cannot use), with
+:mod:`transforms.size_limits`, which keeps outputs and dead letters within every sink's record
+size limit.
 """

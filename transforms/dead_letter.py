@@ -3,6 +3,13 @@
 Every transform that can reject input emits :class:`DeadLetter` on a tagged output instead of
 dropping the element. The same record is written to a BigQuery dead-letter table
 (:data:`BIGQUERY_SCHEMA`) or to a Kafka topic as JSON (:meth:`DeadLetter.to_json`).
+
+A payload too big for the dead-letter sink is cut with :meth:`DeadLetter.truncated`, which keeps
+the original length and a SHA-256 of the full payload (``transforms.size_limits.FitDeadLetters``
+does it before every sink)::
+
+    letter = letter.truncated(512 * 1024)
+    letter.payload_truncated, letter.payload_length, letter.payload_sha256
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -33,8 +41,15 @@ BIGQUERY_SCHEMA: dict[str, list[dict[str, str]]] = {
         {"name": "key", "type": "BYTES", "mode": "NULLABLE"},
         {"name": "payload", "type": "BYTES", "mode": "NULLABLE"},
         {"name": "failed_at", "type": "TIMESTAMP", "mode": "REQUIRED"},
+        {"name": "payload_truncated", "type": "BOOLEAN", "mode": "NULLABLE"},
+        {"name": "payload_length", "type": "INTEGER", "mode": "NULLABLE"},
+        {"name": "payload_sha256", "type": "STRING", "mode": "NULLABLE"},
     ]
 }
+
+#: Columns only a truncated letter fills; BigQuery rows leave them out otherwise, so dead-letter
+#: tables created before they existed keep accepting the other letters.
+_TRUNCATION_FIELDS = ("payload_truncated", "payload_length", "payload_sha256")
 
 
 def _json_default(value: Any) -> Any:
@@ -51,8 +66,11 @@ def _utcnow_iso() -> str:
 class DeadLetter:
     """A rejected element: the original bytes, its Kafka coordinates and why it failed.
 
-    ``stage`` names the step that rejected it (``"decode"``, ``"validate"``, ``"bigquery"`` …)
-    so operators can tell a malformed producer from a sink problem.
+    ``stage`` names the step that rejected it (``"decode"``, ``"validate"``, ``"bigquery"``,
+    ``"size"`` …) so operators can tell a malformed producer from a sink problem. A truncated
+    letter (:meth:`truncated`) has ``payload_truncated`` set, the full payload's length in
+    ``payload_length`` and its hex SHA-256 in ``payload_sha256``; the Kafka coordinates lead to
+    the full message.
     """
 
     stage: str
@@ -64,6 +82,9 @@ class DeadLetter:
     partition: int | None = None
     offset: int | None = None
     failed_at: str = dataclasses.field(default_factory=_utcnow_iso)
+    payload_truncated: bool = False
+    payload_length: int | None = None
+    payload_sha256: str | None = None
 
     @classmethod
     def from_record(
@@ -113,14 +134,48 @@ class DeadLetter:
         payload = json.dumps(row, sort_keys=True, default=_json_default).encode("utf-8")
         return cls(stage, error_type or "Rejected", error, payload)
 
-    def to_bigquery_row(self) -> dict[str, Any]:
-        """Row for :data:`BIGQUERY_SCHEMA` (BYTES base64-encoded, as the BigQuery API expects)."""
+    def truncated(self, max_payload_bytes: int) -> DeadLetter:
+        """This letter with at most ``max_payload_bytes`` of its payload (itself if it fits).
+
+        A cut records the full payload's length and SHA-256; cutting an already truncated
+        letter again keeps those of the original payload.
+        """
+        if max_payload_bytes < 0:
+            raise ValueError(f"max_payload_bytes must be >= 0, got {max_payload_bytes}")
+        payload = self.payload
+        if payload is None or len(payload) <= max_payload_bytes:
+            return self
+        if self.payload_truncated:
+            length, digest = self.payload_length, self.payload_sha256
+        else:
+            length, digest = len(payload), hashlib.sha256(payload).hexdigest()
+        return dataclasses.replace(
+            self,
+            payload=bytes(payload[:max_payload_bytes]),
+            payload_truncated=True,
+            payload_length=length,
+            payload_sha256=digest,
+        )
+
+    def _json_row(self) -> dict[str, Any]:
         row = dataclasses.asdict(self)
         for name in ("key", "payload"):
             if row[name] is not None:
                 row[name] = base64.b64encode(row[name]).decode("ascii")
         return row
 
+    def to_bigquery_row(self) -> dict[str, Any]:
+        """Row for :data:`BIGQUERY_SCHEMA` (BYTES base64-encoded, as the BigQuery API expects).
+
+        The truncation columns are only present for a truncated letter.
+        """
+        row = self._json_row()
+        if not self.payload_truncated:
+            for name in _TRUNCATION_FIELDS:
+                del row[name]
+        return row
+
     def to_json(self) -> bytes:
-        """UTF-8 JSON for a Kafka dead-letter topic; bytes fields base64-encoded."""
-        return json.dumps(self.to_bigquery_row(), sort_keys=True).encode("utf-8")
+        """UTF-8 JSON for a Kafka dead-letter topic; bytes fields base64-encoded, every field
+        present (``payload_truncated`` false, its length and hash null, when not cut)."""
+        return json.dumps(self._json_row(), sort_keys=True).encode("utf-8")

@@ -37,12 +37,22 @@ from transforms.preprocessing.expressions import FUNCTIONS, Expr
 from transforms.preprocessing.filter_project import Filter
 from transforms.sinks.gcp_endpoints import GcpEndpoints
 
-__all__ = ["ROW_SOURCE", "RowSource", "DecodedRows", "TABLE_SPEC_REGEX"]
+__all__ = [
+    "ROW_SOURCE",
+    "RowSource",
+    "DecodedRows",
+    "TABLE_SPEC_REGEX",
+    "DEFAULT_DEAD_LETTER_MAX_PAYLOAD_BYTES",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
 #: ``[project:]dataset.table`` (the project may contain ``.``/``-`` as in ``example.com:proj``).
 TABLE_SPEC_REGEX = r"([a-z][a-z0-9.\-]*[a-z0-9]:)?[A-Za-z0-9_]{1,1024}\.[A-Za-z0-9_\-$]{1,1024}"
+
+#: ``--deadLetterMaxPayloadBytes`` default: 512 KiB is ~683 KiB in base64, so a dead letter with
+#: its metadata fits a default 1 MB Kafka record.
+DEFAULT_DEAD_LETTER_MAX_PAYLOAD_BYTES = 512 * 1024
 
 #: Options of the source half: Kafka, GCP endpoints, message format and schema.
 ROW_SOURCE: tuple[Option, ...] = (
@@ -101,6 +111,17 @@ ROW_SOURCE: tuple[Option, ...] = (
         default=1_000_000,
         regexes=(r"[1-9][0-9]{0,9}",),
         example="1000000",
+    ),
+    Option(
+        "deadLetterMaxPayloadBytes",
+        "Dead-letter payload limit",
+        "Dead letters keep at most this many bytes of the rejected message (bytes, > 0); a cut "
+        "letter records the full length, its SHA-256 and payload_truncated. The dead-letter "
+        "sink's own limit can cut further. The default fits Kafka's 1 MB after base64.",
+        type=int,
+        default=DEFAULT_DEAD_LETTER_MAX_PAYLOAD_BYTES,
+        regexes=(r"[1-9][0-9]{0,9}",),
+        example="524288",
     ),
 )
 

@@ -32,10 +32,11 @@ import tensorflow as tf
 from apache_beam.io.filesystems import CompressionTypes, FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 
-from pipelines.common.row_source import RowSource
+from pipelines.common.row_source import DEFAULT_DEAD_LETTER_MAX_PAYLOAD_BYTES, RowSource
 from transforms.decoding.schema import RowSchema
 from transforms.sinks.gcp_endpoints import GcpEndpoints
 from transforms.sinks.tfrecord import SCHEMA_FILE, WriteTFRecords, feature_spec
+from transforms.size_limits import FitDeadLetters
 
 __all__ = ["rows_from_tfrecords", "rows_from_bigquery", "rows_from_kafka", "KafkaStagingError"]
 
@@ -148,6 +149,10 @@ def _dead_letter_line(letter: Any) -> str:
     return letter.to_json().decode("utf-8")
 
 
+def _dead_letter_payload_cap(source: RowSource) -> int:
+    return source.values.get("deadLetterMaxPayloadBytes") or DEFAULT_DEAD_LETTER_MAX_PAYLOAD_BYTES
+
+
 def build_staging_pipeline(p: beam.Pipeline, source: RowSource, staging_dir: str) -> Any:
     """Kafka (bounded) → decode → TFRecords and dead-letter JSON lines under ``staging_dir``."""
     decoded = source.read_and_decode(p)
@@ -157,6 +162,7 @@ def build_staging_pipeline(p: beam.Pipeline, source: RowSource, staging_dir: str
     letters = (
         (decoded.dead_letters, written.dead_letters)
         | "AllDeadLetters" >> beam.Flatten()
+        | "FitDeadLetters" >> FitDeadLetters(_dead_letter_payload_cap(source))
         | "DeadLetterJson" >> beam.Map(_dead_letter_line)
         | "WriteDeadLetters"
         >> beam.io.WriteToText(FileSystems.join(staging_dir, "dead_letters", "part"), ".jsonl")

@@ -44,6 +44,7 @@ from transforms.dead_letter import BIGQUERY_SCHEMA, DEAD_LETTER_TAG, DeadLetter
 from transforms.decoding.schema import RowSchema
 from transforms.kafka.record import KafkaRecord
 from transforms.sinks.gcp_endpoints import GcpEndpoints
+from transforms.size_limits import FitDeadLetters, FixedSizeLimit
 
 __all__ = [
     "WriteRowsToBigQuery",
@@ -52,6 +53,7 @@ __all__ = [
     "BigQueryTransientError",
     "METHODS",
     "insert_id_for",
+    "ROW_LIMIT",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -63,9 +65,14 @@ METHODS = ("STREAMING_INSERTS", "FILE_LOADS")
 # valid rows BigQuery did not insert because a neighbour was invalid: they go again.
 _PERMANENT_REASONS = frozenset({"invalid", "invalidQuery", "notImplemented", "Bad Request"})
 _MAX_INSERT_ID_CHARS = 128  # BigQuery's limit for insertId
-# insertAll requests are limited to 10 MB; flush well before, and refuse single rows above it.
+# insertAll requests are limited to 10 MB; flush well before, and refuse single rows above it
+# (a row is also limited to 10 MB; 1 MB is left for the request around it).
 _MAX_REQUEST_BYTES = 5_000_000
 _MAX_ROW_BYTES = 9_000_000
+
+#: The largest row (JSON) :class:`WriteRowsToBigQuery` sends with streaming inserts; larger
+#: rows become dead letters (``RowTooLarge``).
+ROW_LIMIT = FixedSizeLimit(_MAX_ROW_BYTES, "BigQuery streaming inserts")
 
 
 class BigQueryTransientError(RuntimeError):
@@ -418,16 +425,32 @@ class _RaiseRejectedDeadLetter(beam.DoFn):
 class WriteDeadLettersToBigQuery(beam.PTransform):
     """Append :class:`DeadLetter` records to a :data:`BIGQUERY_SCHEMA` table (streaming inserts).
 
-    Insert ids come from the letter's stage and Kafka coordinates, so replays dedupe. A letter
-    the table rejects fails the pipeline: there is no further place to put it.
+    Insert ids come from the letter's stage and Kafka coordinates, so replays dedupe. Payloads
+    are cut to ``max_payload_bytes`` and to what fits a row (:data:`ROW_LIMIT`), so a letter is
+    never refused for its size. A letter the table rejects otherwise fails the pipeline: there
+    is no further place to put it.
 
     Args:
       table_spec: ``[project:]dataset.table``.
       endpoints: as for :class:`WriteRowsToBigQuery`.
+      max_payload_bytes: the most payload a letter keeps (``--deadLetterMaxPayloadBytes``);
+        None: only the row limit applies.
     """
 
-    def __init__(self, table_spec: str, *, endpoints: GcpEndpoints | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        table_spec: str,
+        *,
+        endpoints: GcpEndpoints | None = None,
+        max_payload_bytes: int | None = None,
+        **kwargs: Any,
+    ):
         super().__init__()
+        self._fit = FitDeadLetters(
+            max_payload_bytes or _MAX_ROW_BYTES,
+            limit=ROW_LIMIT,
+            record_bytes=_dead_letter_row_bytes,
+        )
         self._write = WriteRowsToBigQuery(
             table_spec,
             RowSchema.from_bigquery_json(BIGQUERY_SCHEMA),
@@ -439,10 +462,16 @@ class WriteDeadLettersToBigQuery(beam.PTransform):
     def expand(self, letters: beam.PCollection) -> beam.PCollection:
         result = (
             letters
+            | "FitToRows" >> self._fit
             | "ToRows" >> beam.Map(lambda letter: letter.to_bigquery_row())
             | "Insert" >> self._write
         )
         return result.dead_letters | "FailOnRejected" >> beam.ParDo(_RaiseRejectedDeadLetter())
+
+
+def _dead_letter_row_bytes(letter: DeadLetter) -> int:
+    """A letter's size as :class:`_StreamingInsertFn` measures its row."""
+    return len(json.dumps(letter.to_bigquery_row(), default=str))
 
 
 def _dead_letter_insert_id(row: Mapping[str, Any]) -> str | None:
