@@ -28,6 +28,7 @@ may be ``bytes`` or ``str`` (UTF-8); a ``None`` key lets the partitioner spread 
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import itertools
@@ -160,33 +161,43 @@ def _message_parts(element: Element) -> tuple[Any, Any, list[tuple[str, Any]] | 
     return getattr(element, "key", None), value, list(headers) if headers else None
 
 
+def _fatal_kafka_error(err: BaseException | None) -> confluent_kafka.KafkaError | None:
+    """The fatal ``KafkaError`` behind ``err`` (itself or what it was raised from), if any."""
+    seen = 0
+    while err is not None and seen < 5:
+        if isinstance(err, confluent_kafka.KafkaException) and err.args:
+            error = err.args[0]
+            if isinstance(error, confluent_kafka.KafkaError) and (
+                error.fatal() or error.code() == confluent_kafka.KafkaError._FATAL
+            ):
+                return error
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return None
+
+
 class _Deliveries:
     """Delivery reports of one bundle.
 
-    Callbacks run in whichever thread polls the shared producer. A success only appends the
-    message size to a list (atomic under the GIL; a lock per message cost ~0.6 µs of a ~5 µs
-    write); failures are rare and counted under the lock. A fresh object per bundle keeps late
-    reports of a failed bundle out of the next one.
+    Callbacks run in whichever thread serves the shared producer — and after a fatal error,
+    when librdkafka purges its queue, possibly while another thread is inside ``flush``. So
+    they take no lock (a lock here deadlocked a scorer after a broker restart): each report is
+    one list append, atomic under the GIL, and the counts are the lists' lengths. A fresh
+    object per bundle keeps late reports of a failed bundle out of the next one.
     """
 
-    __slots__ = ("lock", "produced", "acked_sizes", "failed", "failures")
+    __slots__ = ("produced", "acked_sizes", "errors")
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
         self.produced = 0  # written only by the bundle's own thread
         self.acked_sizes: list[int] = []
-        self.failed = 0
-        self.failures: dict[str, int] = {}  # distinct error -> count
+        self.errors: list[confluent_kafka.KafkaError] = []
 
     def on_delivery(self, err: confluent_kafka.KafkaError | None, msg: Any) -> None:
         if err is None:
             self.acked_sizes.append(len(msg))
-            return
-        with self.lock:
-            self.failed += 1
-            text = f"{err.name()}: {err.str()}"
-            if text in self.failures or len(self.failures) < _MAX_REPORTED_ERRORS:
-                self.failures[text] = self.failures.get(text, 0) + 1
+        else:
+            self.errors.append(err)
 
     @property
     def acked(self) -> int:
@@ -196,13 +207,19 @@ class _Deliveries:
     def acked_bytes(self) -> int:
         return sum(self.acked_sizes)
 
+    @property
+    def failed(self) -> int:
+        return len(self.errors)
+
     def pending(self) -> int:
-        with self.lock:
-            return self.produced - len(self.acked_sizes) - self.failed
+        return self.produced - len(self.acked_sizes) - len(self.errors)
 
     def describe_failures(self) -> tuple[int, str]:
-        with self.lock:
-            return self.failed, "; ".join(f"{t} (x{n})" for t, n in self.failures.items())
+        """How many deliveries failed, and the first few distinct errors with their counts."""
+        errors = list(self.errors)
+        counts = collections.Counter(f"{err.name()}: {err.str()}" for err in errors)
+        shown = itertools.islice(counts.items(), _MAX_REPORTED_ERRORS)
+        return len(errors), "; ".join(f"{text} (x{n})" for text, n in shown)
 
 
 class _ProduceFn(beam.DoFn):
@@ -276,6 +293,13 @@ class _ProduceFn(beam.DoFn):
                 self._produce_when_room(key, value, headers)
                 # A fatal error while waiting replaced the producer, deliveries and sent list.
                 produce, callback, sent = self._producer.produce, self._callback, self._sent.append
+            except confluent_kafka.KafkaException as err:
+                sent(message)  # produced again, with the rest of the bundle, by the new producer
+                self._bundle.produced += count
+                count = 0
+                self._on_client_error(err)
+                produce, callback, sent = self._producer.produce, self._callback, self._sent.append
+                continue
             except TypeError as err:
                 raise TypeError(
                     f"WriteToKafka({self._topic!r}): key and value must be bytes, str or None "
@@ -285,14 +309,14 @@ class _ProduceFn(beam.DoFn):
             sent(message)
             count += 1
         self._bundle.produced += count
-        self._producer.poll(0)
+        self._serve(0)
         if self._bundle.failed or self._shared.fatal is not None:
             self._check_deliveries()
 
     def _produce_when_room(self, key: Any, value: Any, headers: Any) -> None:
         """The local queue is full: serve delivery reports to make room, then retry."""
         while True:
-            self._producer.poll(0.1)
+            self._serve(0.1)
             self._check_deliveries()
             try:
                 self._producer.produce(
@@ -301,6 +325,32 @@ class _ProduceFn(beam.DoFn):
                 return
             except BufferError:
                 continue
+            except confluent_kafka.KafkaException as err:
+                self._on_client_error(err)  # replaced the producer: try this message again
+
+    def _serve(self, timeout: float, *, flush: bool = False) -> None:
+        """Serve delivery reports (``flush``: until the queue is empty or ``timeout``).
+
+        confluent-kafka 2.16 reports a fatal client error by raising it from poll/flush/produce
+        (the ``error_cb`` never sees it) — from a poll that is serving delivery reports, as a
+        ``SystemError`` whose cause is the ``KafkaException`` — so every call goes through here.
+        """
+        try:
+            if flush:
+                self._producer.flush(timeout)
+            else:
+                self._producer.poll(timeout)
+        except (confluent_kafka.KafkaException, SystemError) as err:
+            self._on_client_error(err)
+
+    def _on_client_error(self, err: Exception) -> None:
+        """A fatal error raised by the client replaces the producer; anything else propagates."""
+        error = _fatal_kafka_error(err)
+        if error is None:
+            raise err
+        if self._shared.fatal is None:
+            self._shared.fatal = error
+        self._recover_from_fatal()
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         if not self._bundle.produced:
@@ -333,7 +383,7 @@ class _ProduceFn(beam.DoFn):
                     f"{self._config.bootstrap_servers})"
                 )
             # flush() serves the reports; another thread's poll may run some of our callbacks.
-            self._producer.flush(min(remaining, _FLUSH_SLICE_S))
+            self._serve(min(remaining, _FLUSH_SLICE_S), flush=True)
         self._check_deliveries()
 
     def _check_deliveries(self) -> None:

@@ -32,8 +32,8 @@ class FakeProducer:
 
     Instances register by ``client.id`` so a test can inspect the one its pipeline built.
     ``fail_values`` get a timed-out delivery report, ``capacity`` bounds the local queue
-    (``BufferError`` beyond it) and ``fatal`` raises a fatal client error on the next poll
-    (``fatal_after_polls``: after that many polls); a fatal producer delivers nothing.
+    (``BufferError`` beyond it) and ``fatal`` makes every call raise a fatal client error, as
+    confluent-kafka does (``fatal_after_polls``: from that poll on); it delivers nothing more.
     """
 
     instances: dict[str, list[FakeProducer]] = {}
@@ -46,6 +46,7 @@ class FakeProducer:
         self.capacity = None
         self.fatal = False
         self.fatal_after_polls: int | None = None
+        self.fatal_inside_callback = False
         self.purged = False
         self.lock = threading.Lock()
         self.configure(self)
@@ -64,6 +65,10 @@ class FakeProducer:
         for part in (key, value):
             if part is not None and not isinstance(part, bytes | str):
                 raise TypeError(f"a bytes-like object is required, not {type(part).__name__!r}")
+        if self.fatal:
+            raise confluent_kafka.KafkaException(
+                confluent_kafka.KafkaError(confluent_kafka.KafkaError._FATAL, "Local: Fatal error")
+            )
         with self.lock:
             if self.capacity is not None and len(self.queue) >= self.capacity:
                 raise BufferError("Local: Queue full")
@@ -79,11 +84,19 @@ class FakeProducer:
             self.fatal_after_polls -= 1
             if self.fatal_after_polls < 0:
                 self.fatal = True
-        if self.fatal:
-            self.settings["error_cb"](
-                confluent_kafka.KafkaError(confluent_kafka.KafkaError._FENCED, "fenced", fatal=True)
+        if self.fatal:  # as confluent-kafka does: raised from poll/flush, not via error_cb
+            error = confluent_kafka.KafkaException(
+                confluent_kafka.KafkaError(
+                    confluent_kafka.KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                    "sequence desynchronization",
+                    fatal=True,
+                )
             )
-            return 0  # a fatal client delivers nothing more
+            if not self.fatal_inside_callback:
+                raise error
+            # What a poll serving delivery reports raises: the callback "returned a result
+            # with an exception set".
+            raise SystemError("on_delivery returned a result with an exception set") from error
         with self.lock:
             queue, self.queue = self.queue, []
         for topic, key, value, headers, callback in queue:
@@ -109,8 +122,8 @@ def config(request):
     FakeProducer.instances.pop(request.node.name, None)
 
 
-def _write(config, elements, **kwargs):
-    """Run a pipeline writing ``elements``, check its results; return (producer, counters)."""
+def _write(config, elements, expect_producers=1, **kwargs):
+    """Run a pipeline writing ``elements``, check its results; return (last producer, counters)."""
     with test_pipeline.TestPipeline() as p:
         results = (
             p
@@ -124,8 +137,9 @@ def _write(config, elements, **kwargs):
         )
         assert_that(totals, equal_to([(TOPIC, len(elements), _value_bytes(elements, kwargs))]))
     counters = committed_counters(p.result, "kafka_beam_ml.WriteToKafka")
-    [producer] = FakeProducer.instances[config.extra["client.id"]]
-    return producer, counters
+    producers = FakeProducer.instances[config.extra["client.id"]]
+    assert len(producers) == expect_producers
+    return producers[-1], counters
 
 
 def _sum_results(rows):
@@ -250,11 +264,26 @@ def test_a_fatal_producer_error_replaces_the_producer_and_produces_the_bundle_ag
     assert counters["messages_written"] == 5
 
 
+def test_a_fatal_error_raised_while_serving_delivery_reports_replaces_the_producer(
+    config, monkeypatch
+):
+    def configure(fp):
+        first = not FakeProducer.instances_of(fp)
+        fp.fatal_after_polls = 0 if first else None
+        fp.fatal_inside_callback = True
+
+    monkeypatch.setattr(FakeProducer, "configure", staticmethod(configure))
+    elements = [(None, b"a"), (None, b"b")]
+    producer, counters = _write(config, elements, expect_producers=2)
+    assert sorted(m[2] for m in producer.delivered) == [b"a", b"b"]
+    assert counters["producers_recreated"] == 1
+
+
 def test_a_producer_that_keeps_failing_fatally_fails_the_bundle(config, monkeypatch):
     monkeypatch.setattr(
         FakeProducer, "configure", staticmethod(lambda fp: setattr(fp, "fatal", True))
     )
-    with pytest.raises(KafkaWriteError, match="failed fatally 4 times in one bundle.*fenced"):
+    with pytest.raises(KafkaWriteError, match="failed fatally 4 times in one bundle"):
         _write(config, [(None, b"x")])
 
 
