@@ -53,7 +53,7 @@ from transforms.kafka.record import KafkaRecord
 from transforms.kafka.restriction import BACKLOG, UNBOUNDED_OFFSET, KafkaRestrictionProvider
 from transforms.kafka.watermark import KafkaWatermarkEstimatorProvider
 
-__all__ = ["ReadFromKafka"]
+__all__ = ["ReadFromKafka", "KafkaLogTruncatedError"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -327,6 +327,7 @@ class _ReadPartitionsFn(beam.DoFn):
                 break
             messages = reader.poll(self._batch_size, self._poll_timeout_s, drain=self._drain)
             if not messages:
+                self._check_truncation(plan, reader, next_offset)
                 if self._caught_up(plan, reader, next_offset, stop, watermark):
                     tracker.try_claim(stop)
                     done = True
@@ -394,6 +395,27 @@ class _ReadPartitionsFn(beam.DoFn):
                     return messages[:index], True
         return messages, False
 
+    def _check_truncation(self, plan: PartitionPlan, reader, next_offset: int) -> None:
+        """Fail the read when the log now ends below its position: the broker lost records.
+
+        A broker that restarts without records it had acknowledged (an unclean restart, or an
+        unclean leader election) gives the lost offsets to new records, which a reader past
+        them would never see. The group's offset is rewound to the new log end and the bundle
+        fails: the read restarted from the group's offsets (the local supervisor restarts a
+        stream by itself) reads the new records; on Dataflow, drain and relaunch.
+        """
+        end = reader.end_offset()
+        if end < 0 or end >= next_offset:
+            return
+        if self._commit_offsets:
+            self._commit(plan.topic, plan.partition, end, rewind=True)
+        raise KafkaLogTruncatedError(
+            f"Kafka {plan.topic}[{plan.partition}]: the log now ends at offset {end}, below this "
+            f"reader's position {next_offset}: the broker lost acknowledged records (unclean "
+            "restart). The consumer group's offset was rewound to the new end; the read must "
+            "restart from the group's offsets to see the records written at the reused offsets."
+        )
+
     def _caught_up(self, plan, reader, next_offset, stop, watermark) -> bool:
         """Handle an empty poll; True when the partition is finished (bounded plans only)."""
         if reader.app_position() >= stop:
@@ -409,10 +431,13 @@ class _ReadPartitionsFn(beam.DoFn):
             return idle_mark.micros >= plan.stop_timestamp_ms * 1000
         return False
 
-    def _commit(self, topic: str, partition: int, offset: int) -> None:
-        """Bundle finalizer: the bundle's output is durable, so its offsets may be committed."""
+    def _commit(self, topic: str, partition: int, offset: int, *, rewind: bool = False) -> None:
+        """Bundle finalizer: the bundle's output is durable, so its offsets may be committed.
+
+        ``rewind`` commits below what was committed (after a log truncation).
+        """
         key = (topic, partition)
-        if offset <= self._committed.get(key, -1):
+        if offset <= self._committed.get(key, -1) and not rewind:
             return  # a later bundle already committed further (finalizers may run out of order)
         if self._committer is None:
             self._committer = self._reader.new_consumer()
@@ -431,6 +456,10 @@ class _ReadPartitionsFn(beam.DoFn):
             return
         self._committed[key] = offset
         progress.record_commit(topic, partition, offset)
+
+
+class KafkaLogTruncatedError(RuntimeError):
+    """The partition's log ends below the read's position: the broker lost records."""
 
 
 class _ReadUnboundedPartitionsFn(_ReadPartitionsFn):
