@@ -27,6 +27,8 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 
 from pipelines.common.options import Option, OptionError, options_class
 from pipelines.common.row_source import ROW_SOURCE, TABLE_SPEC_REGEX, RowSource
+from pipelines.common.supervisor import run_pipeline
+from pipelines.common.watchdog import watchdog_from_options
 from transforms.sinks.bigquery import METHODS, WriteDeadLettersToBigQuery, WriteRowsToBigQuery
 
 __all__ = [
@@ -178,8 +180,12 @@ def run(argv: Sequence[str] | None = None) -> None:
     options = KafkaToBigQueryOptions(list(argv) if argv is not None else None)
     source = prepare(options)
     preflight(source)
-    with beam.Pipeline(options=options) as p:
-        build_pipeline(p, options, source)
+    run_pipeline(
+        lambda p: build_pipeline(p, options, source),
+        options,
+        name="kafka_to_bigquery",
+        watchdog=watchdog_from_options(source.values),
+    )
 
 
 if __name__ == "__main__":

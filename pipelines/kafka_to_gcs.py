@@ -33,6 +33,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.common.options import Option, OptionError, options_class
 from pipelines.common.row_source import ROW_SOURCE, RowSource
+from pipelines.common.supervisor import run_pipeline
+from pipelines.common.watchdog import watchdog_from_options
 from transforms.sinks.tfrecord import WriteTFRecords
 from transforms.size_limits import FitDeadLetters
 
@@ -216,8 +218,12 @@ def run(argv: Sequence[str] | None = None) -> None:
     options = KafkaToGcsOptions(list(argv) if argv is not None else None)
     source = prepare(options)
     preflight(source)
-    with beam.Pipeline(options=options) as p:
-        build_pipeline(p, options, source)
+    run_pipeline(
+        lambda p: build_pipeline(p, options, source),
+        options,
+        name="kafka_to_gcs",
+        watchdog=watchdog_from_options(source.values),
+    )
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ from pipelines.common.options import (
     validate,
 )
 from pipelines.common.row_source import ROW_SOURCE, DecodedRows, RowSource
+from pipelines.common.supervisor import run_pipeline
+from pipelines.common.watchdog import watchdog_from_options
 from transforms.dead_letter import DeadLetter
 from transforms.decoding.schema import RowSchema
 from transforms.inference.model_handler import SavedModelHandler
@@ -258,9 +260,14 @@ def build_pipeline(
 def run(argv: Sequence[str] | None = None) -> None:
     """Parse and validate the flags, then run the scoring pipeline until it is cancelled."""
     opts = parse_and_validate(argv, ScoreEventsOptions, OPTIONS)
-    _LOGGER.info("score_events options: %s", redact_option_values(validate(opts, OPTIONS), OPTIONS))
-    with beam.Pipeline(options=opts) as p:
-        build_pipeline(p, opts)
+    values = validate(opts, OPTIONS)
+    _LOGGER.info("score_events options: %s", redact_option_values(values, OPTIONS))
+    run_pipeline(
+        lambda p: build_pipeline(p, opts),
+        opts,
+        name="score_events",
+        watchdog=watchdog_from_options(values),
+    )
 
 
 if __name__ == "__main__":
