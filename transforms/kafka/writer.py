@@ -5,11 +5,13 @@ bundles and DoFn instances. Every bundle is flushed in ``finish_bundle`` and fai
 :class:`KafkaWriteError`) if any of its messages was not acknowledged, so the runner retries the
 bundle: messages are never silently lost (at-least-once; a retried bundle may write duplicates).
 
-A *fatal* producer error (e.g. the idempotence "out of order sequence number" a broker restart
-causes, or fencing) makes the client unusable. The bundle then replaces the shared producer and
-produces its messages again with the new one, on every runner (the local one does not retry
-bundles): the stream goes on with at most one bundle of duplicates instead of failing or waiting
-out ``message.timeout.ms``. Transient broker errors stay librdkafka's to retry.
+A *fatal* producer error makes the client unusable. For this idempotent producer it means the
+broker lost the producer's state — the "out of order sequence number" after a broker restart —
+and so, on a broker that restarts without everything it acknowledged, possibly records too. The
+bundle then fails at once (not after ``message.timeout.ms``) and the failed producer is dropped:
+the retried bundle (Dataflow, Flink) or the restarted local stream
+(:mod:`pipelines.common.supervisor`) gets a new one and redoes the work from the committed
+offsets, including records the broker lost. Transient broker errors stay librdkafka's to retry.
 
 Usage::
 
@@ -37,7 +39,7 @@ import threading
 import time
 import types
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import apache_beam as beam
 import confluent_kafka
@@ -62,7 +64,6 @@ _METRICS_NAMESPACE = "kafka_beam_ml.WriteToKafka"
 _DEFAULT_MESSAGE_TIMEOUT_MS = 300_000  # librdkafka's message.timeout.ms default
 _FLUSH_MARGIN_S = 10.0  # beyond message.timeout.ms every message has had its delivery report
 _FLUSH_SLICE_S = 0.5  # a flush waits this long at most before looking for a fatal error again
-_MAX_RECOVERIES_PER_BUNDLE = 3  # fatal errors one bundle survives by replacing the producer
 _MAX_REPORTED_ERRORS = 5
 
 Element = Any
@@ -122,14 +123,10 @@ def _shared_producer(config: KafkaConfig, factory: ProducerFactory) -> _SharedPr
         return shared
 
 
-def _replace_producer(
-    config: KafkaConfig, factory: ProducerFactory, failed: _SharedProducer
-) -> _SharedProducer:
-    """The shared producer after ``failed`` hit a fatal error: a fresh one, built once.
+def _evict_producer(config: KafkaConfig, factory: ProducerFactory, failed: _SharedProducer) -> None:
+    """Drop a producer after a fatal error, so the retried bundle builds a fresh one.
 
-    Every DoFn instance that shared ``failed`` calls this; the first builds the replacement,
-    the others get it. The failed client's queue is purged (its messages can never be
-    delivered; each bundle produces its own again).
+    Its queue is purged: those messages can never be delivered (their bundles fail and redo).
     """
     with _PRODUCERS_LOCK:
         if _PRODUCERS.get((config, factory)) is failed:
@@ -137,7 +134,6 @@ def _replace_producer(
             purge = getattr(failed.producer, "purge", None)
             if purge is not None:
                 purge()
-    return _shared_producer(config, factory)
 
 
 def _flush_timeout_s(config: KafkaConfig) -> float:
@@ -243,7 +239,7 @@ class _ProduceFn(beam.DoFn):
         self._written = Metrics.counter(_METRICS_NAMESPACE, "messages_written")
         self._bytes = Metrics.counter(_METRICS_NAMESPACE, "bytes_written")
         self._errors = Metrics.counter(_METRICS_NAMESPACE, "delivery_errors")
-        self._recreated = Metrics.counter(_METRICS_NAMESPACE, "producers_recreated")
+        self._fatal_errors = Metrics.counter(_METRICS_NAMESPACE, "fatal_producer_errors")
 
     def setup(self) -> None:
         self._shared = _shared_producer(self._config, self._producer_factory)
@@ -256,12 +252,6 @@ class _ProduceFn(beam.DoFn):
         )
 
     def start_bundle(self) -> None:
-        self._new_deliveries()
-        # The bundle's messages as produced, to produce again if the producer fails fatally.
-        self._sent: list[tuple[Any, Any, Any]] = []
-        self._recoveries = 0
-
-    def _new_deliveries(self) -> None:
         self._bundle = _Deliveries()
         # Bound once per bundle: passing a stored callable avoids an allocation per message.
         self._callback = self._bundle.on_delivery
@@ -281,32 +271,23 @@ class _ProduceFn(beam.DoFn):
     def _produce_all(self, messages: Iterable[tuple[Any, Any, Any]]) -> None:
         """Produce ``(key, value, headers)`` messages, then serve the delivery reports due."""
         produce, topic, callback = self._producer.produce, self._topic, self._callback
-        sent = self._sent.append
         count = 0
-        for message in messages:
-            key, value, headers = message
+        for key, value, headers in messages:
             try:
                 produce(topic, value, key, headers=headers, on_delivery=callback)
             except BufferError:
                 self._bundle.produced += count  # a failure raised while waiting counts these
                 count = 0
                 self._produce_when_room(key, value, headers)
-                # A fatal error while waiting replaced the producer, deliveries and sent list.
-                produce, callback, sent = self._producer.produce, self._callback, self._sent.append
             except confluent_kafka.KafkaException as err:
-                sent(message)  # produced again, with the rest of the bundle, by the new producer
                 self._bundle.produced += count
-                count = 0
                 self._on_client_error(err)
-                produce, callback, sent = self._producer.produce, self._callback, self._sent.append
-                continue
             except TypeError as err:
                 raise TypeError(
                     f"WriteToKafka({self._topic!r}): key and value must be bytes, str or None "
                     f"(headers a list of (str, bytes) pairs); got key {type(key).__name__}, "
                     f"value {type(value).__name__}: {err}"
                 ) from None
-            sent(message)
             count += 1
         self._bundle.produced += count
         self._serve(0)
@@ -326,7 +307,7 @@ class _ProduceFn(beam.DoFn):
             except BufferError:
                 continue
             except confluent_kafka.KafkaException as err:
-                self._on_client_error(err)  # replaced the producer: try this message again
+                self._on_client_error(err)
 
     def _serve(self, timeout: float, *, flush: bool = False) -> None:
         """Serve delivery reports (``flush``: until the queue is empty or ``timeout``).
@@ -343,14 +324,15 @@ class _ProduceFn(beam.DoFn):
         except (confluent_kafka.KafkaException, SystemError) as err:
             self._on_client_error(err)
 
-    def _on_client_error(self, err: Exception) -> None:
-        """A fatal error raised by the client replaces the producer; anything else propagates."""
+    def _on_client_error(self, err: Exception) -> NoReturn:
+        """Record a fatal error raised by the client (see ``_check_deliveries``); re-raise."""
         error = _fatal_kafka_error(err)
         if error is None:
             raise err
         if self._shared.fatal is None:
             self._shared.fatal = error
-        self._recover_from_fatal()
+        self._check_deliveries()
+        raise err  # not reached: a fatal error raises above
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         if not self._bundle.produced:
@@ -371,9 +353,7 @@ class _ProduceFn(beam.DoFn):
         deadline = time.monotonic() + self._flush_timeout
         while self._bundle.pending():
             if self._bundle.failed or self._shared.fatal is not None:
-                self._check_deliveries()  # raises, or replaced the producer and produced again
-                deadline = time.monotonic() + self._flush_timeout
-                continue
+                self._check_deliveries()  # raises
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise KafkaWriteError(
@@ -387,10 +367,15 @@ class _ProduceFn(beam.DoFn):
         self._check_deliveries()
 
     def _check_deliveries(self) -> None:
-        """Recover from a fatal producer error; raise on failed deliveries."""
+        """Raise on a fatal producer error (dropping the producer) or failed deliveries."""
         if self._shared.fatal is not None:
-            self._recover_from_fatal()
-            return
+            self._fatal_errors.inc()
+            _evict_producer(self._config, self._producer_factory, self._shared)
+            raise KafkaWriteError(
+                f"WriteToKafka({self._topic!r}): the producer failed fatally "
+                f"({self._shared.fatal}); the bundle fails so that it is redone with a new "
+                "producer"
+            )
         failed, failures = self._bundle.describe_failures()
         if failed:
             self._errors.inc(failed)
@@ -399,30 +384,6 @@ class _ProduceFn(beam.DoFn):
                 f"were not delivered (bootstrap.servers={self._config.bootstrap_servers}); "
                 f"errors: {failures}"
             )
-
-
-    def _recover_from_fatal(self) -> None:
-        """Replace the failed producer and produce the bundle's messages again (at-least-once)."""
-        fatal = self._shared.fatal
-        self._recoveries += 1
-        if self._recoveries > _MAX_RECOVERIES_PER_BUNDLE:
-            raise KafkaWriteError(
-                f"WriteToKafka({self._topic!r}): the producer failed fatally "
-                f"{self._recoveries} times in one bundle; last error: {fatal}"
-            )
-        _LOGGER.warning(
-            "WriteToKafka(%r): producer failed fatally (%s); replacing it and producing the "
-            "bundle's %d messages again",
-            self._topic,
-            fatal,
-            len(self._sent),
-        )
-        self._shared = _replace_producer(self._config, self._producer_factory, self._shared)
-        self._producer = self._shared.producer
-        self._recreated.inc()
-        messages, self._sent = self._sent, []
-        self._new_deliveries()
-        self._produce_all(messages)
 
 
 class _ProduceBatchFn(_ProduceFn):

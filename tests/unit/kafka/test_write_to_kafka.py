@@ -236,73 +236,40 @@ def test_a_failed_delivery_fails_the_bundle(config, monkeypatch):
         _write(config, [(None, b"ok"), (None, b"bad"), (None, b"ok2")])
 
 
-def test_a_fatal_producer_error_replaces_the_producer_and_produces_the_bundle_again(
-    config, monkeypatch
+@pytest.mark.parametrize("inside_callback", [False, True])
+def test_a_fatal_producer_error_fails_the_bundle_and_the_retry_gets_a_new_producer(
+    config, monkeypatch, inside_callback
 ):
-    # Only the first producer fails (as after a broker restart under idempotence): its queued
-    # messages are purged, the second one delivers the whole bundle.
-    monkeypatch.setattr(
-        FakeProducer,
-        "configure",
-        staticmethod(lambda fp: setattr(fp, "fatal", not FakeProducer.instances_of(fp))),
-    )
-    elements = [(None, str(i).encode()) for i in range(5)]
-    with test_pipeline.TestPipeline() as p:
-        results = (
-            p
-            | beam.Create(elements, reshuffle=False)
-            | WriteToKafka(config, TOPIC, producer_factory=FakeProducer)
-            | beam.Map(lambda r: r.messages)
-            | beam.CombineGlobally(sum)
-        )
-        assert_that(results, equal_to([5]))
-    first, second = FakeProducer.instances[config.extra["client.id"]]
-    assert first.delivered == [] and first.purged
-    assert sorted(m[2] for m in second.delivered) == sorted(e[1] for e in elements)
-    counters = committed_counters(p.result, "kafka_beam_ml.WriteToKafka")
-    assert counters["producers_recreated"] == 1
-    assert counters["messages_written"] == 5
-
-
-def test_a_fatal_error_raised_while_serving_delivery_reports_replaces_the_producer(
-    config, monkeypatch
-):
+    # As after a broker restart under idempotence: the first producer fails fatally (raised
+    # by poll, or while a poll serves delivery reports). The bundle fails at once — not after
+    # message.timeout.ms — and the next run gets a fresh producer.
     def configure(fp):
-        first = not FakeProducer.instances_of(fp)
-        fp.fatal_after_polls = 0 if first else None
-        fp.fatal_inside_callback = True
+        fp.fatal_after_polls = 0 if not FakeProducer.instances_of(fp) else None
+        fp.fatal_inside_callback = inside_callback
 
     monkeypatch.setattr(FakeProducer, "configure", staticmethod(configure))
-    elements = [(None, b"a"), (None, b"b")]
-    producer, counters = _write(config, elements, expect_producers=2)
-    assert sorted(m[2] for m in producer.delivered) == [b"a", b"b"]
-    assert counters["producers_recreated"] == 1
-
-
-def test_a_producer_that_keeps_failing_fatally_fails_the_bundle(config, monkeypatch):
-    monkeypatch.setattr(
-        FakeProducer, "configure", staticmethod(lambda fp: setattr(fp, "fatal", True))
-    )
-    with pytest.raises(KafkaWriteError, match="failed fatally 4 times in one bundle"):
+    with pytest.raises(KafkaWriteError, match="failed fatally.*sequence desynchronization"):
         _write(config, [(None, b"x")])
+    [failed] = FakeProducer.instances[config.extra["client.id"]]
+    assert failed.purged
+    producer, _ = _write(config, [(None, b"y")], expect_producers=2)
+    assert producer.delivered == [(TOPIC, None, b"y", None)]
 
 
-def test_batched_write_survives_a_fatal_error_while_waiting_for_room(config, monkeypatch):
+def test_batched_write_fails_at_once_on_a_fatal_error_while_waiting_for_room(config, monkeypatch):
     def configure(fp):
         fp.capacity = 2
-        fp.fatal_after_polls = 1 if not FakeProducer.instances_of(fp) else None
+        fp.fatal_after_polls = 1
 
     monkeypatch.setattr(FakeProducer, "configure", staticmethod(configure))
     items = [(None, str(i).encode()) for i in range(7)]
-    with test_pipeline.TestPipeline() as p:
-        _ = (
-            p
-            | beam.Create([items])
-            | WriteToKafka(config, TOPIC, producer_factory=FakeProducer).batched()
-        )
-    producers = FakeProducer.instances[config.extra["client.id"]]
-    assert len(producers) == 2
-    assert sorted(m[2] for m in producers[1].delivered) == sorted(v for _, v in items)
+    with pytest.raises(KafkaWriteError, match="failed fatally"):
+        with test_pipeline.TestPipeline() as p:
+            _ = (
+                p
+                | beam.Create([items])
+                | WriteToKafka(config, TOPIC, producer_factory=FakeProducer).batched()
+            )
 
 
 @pytest.mark.parametrize(
