@@ -40,6 +40,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
+from transforms import progress
 from transforms.batch import Batch
 from transforms.dead_letter import DEAD_LETTER_TAG, DeadLetter
 
@@ -190,6 +191,7 @@ class _FitDeadLettersFn(beam.DoFn):
             return
         if fitted is not letter:
             self._truncated.inc()
+        progress.add(progress.DEAD_LETTERS)
         yield fitted
 
 

@@ -48,6 +48,7 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
+from transforms import progress
 from transforms.kafka.config import KafkaConfig
 
 __all__ = ["WriteToKafka", "KafkaWriteResult", "KafkaWriteError", "PRODUCER_DEFAULTS"]
@@ -339,6 +340,7 @@ class _ProduceFn(beam.DoFn):
             return
         self._await_deliveries()
         bundle = self._bundle
+        progress.add(progress.WRITTEN, bundle.acked)
         self._written.inc(bundle.acked)
         self._bytes.inc(bundle.acked_bytes)
         result = KafkaWriteResult(self._topic, bundle.acked, bundle.acked_bytes)
