@@ -35,27 +35,6 @@ from transforms.kafka.watermark import KafkaWatermarkEstimator
 from transforms.progress import ProgressRegistry
 
 
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def registry(clock) -> ProgressRegistry:
-    return ProgressRegistry(clock=clock)
-
-
 def test_counters_add_up_and_remember_when_they_changed(registry, clock):
     registry.add(progress.CONSUMED, 1000)
     clock.advance(5)

@@ -18,27 +18,6 @@ from transforms.progress import ProgressRegistry
 LOGGER = "kafka_beam_ml.progress"
 
 
-class FakeClock:
-    def __init__(self, now: float = 500.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def registry(clock) -> ProgressRegistry:
-    return ProgressRegistry(clock=clock)
-
-
 @pytest.fixture
 def stalls() -> list:
     return []
