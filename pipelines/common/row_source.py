@@ -256,6 +256,7 @@ class RowSource:
                 self.values["inputTopic"],
                 group_id=self.values.get("consumerGroupId"),
                 stop="unbounded" if self.streaming else "end_at_launch",
+                topics_option="--inputTopic",  # a missing topic's error names the flag
                 **(read_args if read_args is not None else _start(self.values)),
                 **options,
             )

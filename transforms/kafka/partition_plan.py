@@ -3,7 +3,9 @@
 ReadFromKafka resolves positions when the pipeline runs (not when it is built), from the broker's
 metadata: the partitions of each topic, the group's committed offsets, the log start/end offsets
 and ``offsets_for_times``. The result is one :class:`PartitionPlan` per topic-partition; the
-splittable DoFn turns each into an offset-range restriction.
+splittable DoFn turns each into an offset-range restriction. An unbounded read also gets one
+:class:`PartitionWatch`: it plans the partitions added later (``plan_partitions(..., skip=...)``).
+A topic that does not exist raises :class:`KafkaTopicNotFoundError`, naming it.
 
 Everything here talks to a consumer-like ``client`` (``list_topics``, ``get_watermark_offsets``,
 ``committed``, ``offsets_for_times``), so the logic is tested with a fake and used with a real
@@ -22,15 +24,16 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import OFFSET_INVALID, KafkaException, TopicPartition
-
-from transforms.kafka.restriction import UNBOUNDED_OFFSET
+from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
 __all__ = [
+    "UNBOUNDED_OFFSET",
     "PartitionPlan",
+    "PartitionWatch",
     "StartSpec",
     "StopSpec",
     "KafkaUnavailableError",
+    "KafkaTopicNotFoundError",
     "normalize_start",
     "normalize_stop",
     "plan_partitions",
@@ -41,12 +44,38 @@ _LOGGER = logging.getLogger(__name__)
 StartSpec = str | int  # "committed" | "earliest" | "latest" | timestamp in ms
 StopSpec = str | Mapping[tuple[str, int], int]  # "unbounded" | "end_at_launch" | explicit offsets
 
+UNBOUNDED_OFFSET = 2**63 - 1
+"""The ``stop`` of a restriction that follows the partition forever."""
+
 _START_WORDS = ("committed", "earliest", "latest")
+_MISSING_TOPIC_CODES = ("UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC")
 _STOP_WORDS = ("unbounded", "end_at_launch")
 
 
 class KafkaUnavailableError(ConnectionError):
     """The brokers did not answer in time (wrong address, network, TLS/SASL or broker down)."""
+
+
+class KafkaTopicNotFoundError(ValueError):
+    """A topic to read does not exist; ``topic`` names it. Build it with :meth:`of`.
+
+    The message keeps the broker's error code (``UNKNOWN_TOPIC_OR_PART``), by which the
+    pipelines' supervisor recognises an error no restart can fix.
+    """
+
+    topic = ""
+    code = ""
+
+    @classmethod
+    def of(cls, topic: str, code: str, option: str | None = None) -> KafkaTopicNotFoundError:
+        """The error for ``topic``; ``option`` (e.g. ``"--inputTopic"``) is named as the fix."""
+        fix = option or "the topic name"
+        err = cls(
+            f"Kafka topic {topic!r} is not readable: it does not exist ({code}); create it or "
+            f"fix {fix}"
+        )
+        err.topic, err.code = topic, code
+        return err
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +94,23 @@ class PartitionPlan:
     stop_offset: int
     end_offset_at_launch: int
     stop_timestamp_ms: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionWatch:
+    """Follow ``topics`` for partitions other than ``known`` (those planned at launch).
+
+    The unbounded reader's one extra element: it lists the partitions every so often and reads
+    the new ones itself, from ``start`` ("committed", or "earliest" when the read did not start
+    from the group's offsets), falling back to the earliest offset: a partition created after
+    launch holds only records written after launch. ``listed_at`` is when ``known`` was listed
+    (epoch seconds).
+    """
+
+    topics: tuple[str, ...]
+    known: frozenset[tuple[str, int]]
+    start: str
+    listed_at: float
 
 
 def normalize_start(start: Any) -> StartSpec:
@@ -113,9 +159,14 @@ def _call(what: str, fn, *args, timeout: float):
 def _partitions(client, topic: str, timeout: float) -> list[int]:
     metadata = _call("metadata request", client.list_topics, topic, timeout=timeout)
     topic_md = metadata.topics.get(topic)
-    if topic_md is None or topic_md.error is not None or not topic_md.partitions:
-        reason = topic_md.error if topic_md is not None else "not in metadata"
-        raise ValueError(f"Kafka topic {topic!r} is not readable: {reason}")
+    if topic_md is None:
+        raise KafkaTopicNotFoundError.of(topic, "not in the broker's metadata")
+    error = topic_md.error
+    code = error.name() if isinstance(error, KafkaError) else str(error)
+    if error is not None and code in _MISSING_TOPIC_CODES:
+        raise KafkaTopicNotFoundError.of(topic, code)
+    if error is not None or not topic_md.partitions:
+        raise ValueError(f"Kafka topic {topic!r} is not readable: {error or 'no partitions'}")
     return sorted(topic_md.partitions)
 
 
@@ -200,6 +251,7 @@ def plan_partitions(
     max_records: int | None = None,
     stop_timestamp_ms: int | None = None,
     timeout: float = 20.0,
+    skip: frozenset[tuple[str, int]] = frozenset(),
 ) -> list[PartitionPlan]:
     """Resolve start and stop offsets for every partition of ``topics`` (see module docstring).
 
@@ -213,14 +265,21 @@ def plan_partitions(
         max_records: read exactly this many records in total, spread over the partitions.
         stop_timestamp_ms: end each partition at its first record at or after this time.
         timeout: seconds per broker call; unreachable brokers raise KafkaUnavailableError.
+        skip: ``(topic, partition)`` pairs already planned: only the others are (partition
+            discovery).
 
     Returns:
         One plan per partition, ordered by topic then partition.
+
+    Raises:
+        KafkaTopicNotFoundError: a topic does not exist.
+        KafkaUnavailableError: the brokers did not answer within ``timeout``.
     """
     tps = [
         TopicPartition(topic, partition)
         for topic in topics
         for partition in _partitions(client, topic, timeout)
+        if (topic, partition) not in skip
     ]
     marks = {
         (tp.topic, tp.partition): _call(
@@ -263,5 +322,6 @@ def plan_partitions(
         )
         for key in keys
     ]
-    _LOGGER.info("Kafka read plan: %s", plans)
+    if plans or not skip:  # partition discovery finding nothing new is not news
+        _LOGGER.info("Kafka read plan: %s", plans)
     return plans

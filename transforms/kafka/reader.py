@@ -9,6 +9,14 @@ Maven jar. This one reads each topic-partition as one restriction of a splittabl
   order within a partition (the tracker never splits a partition in parallel);
 * unbounded reads poll what is available, then checkpoint with ``defer_remainder`` (a stateless
   chain after the reader sees records live, also on the local FnApiRunner with ``--streaming``);
+* partitions added while an unbounded read runs are read too: the plan step also emits one
+  :class:`PartitionWatch` element to the same splittable DoFn. Every ``partition_discovery_s``
+  it lists the topics' partitions and reads the new ones itself, from the group's committed
+  offset or else the earliest one (a partition created after launch holds only newer records);
+  its restriction (partitions known, next offset of each new one) is carried by checkpoints.
+  It is an element of the reader, not a step before it: the local FnApiRunner hands a stage's
+  output downstream only once the stage is done, so an unbounded discovery step (Java's KafkaIO
+  has one) would never deliver there. A restarted read plans every partition at launch;
 * the watermark follows record timestamps and advances on idle partitions;
 * backlog (end offset − position) is reported through ``restriction_size`` and progress;
 * each polled batch and each commit is recorded in :mod:`transforms.progress` (records consumed,
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import dataclasses
 import datetime
 import functools
 import logging
@@ -44,14 +53,22 @@ from transforms.batch import Batch
 from transforms.kafka.config import KafkaConfig
 from transforms.kafka.heap import settle_heap
 from transforms.kafka.partition_plan import (
+    KafkaTopicNotFoundError,
+    KafkaUnavailableError,
     PartitionPlan,
+    PartitionWatch,
     normalize_start,
     normalize_stop,
     plan_partitions,
 )
 from transforms.kafka.record import KafkaRecord
-from transforms.kafka.restriction import BACKLOG, UNBOUNDED_OFFSET, KafkaRestrictionProvider
-from transforms.kafka.watermark import KafkaWatermarkEstimatorProvider
+from transforms.kafka.restriction import (
+    BACKLOG,
+    UNBOUNDED_OFFSET,
+    KafkaRestrictionProvider,
+    PartitionOffsetRange,
+)
+from transforms.kafka.watermark import KafkaWatermarkEstimator, KafkaWatermarkEstimatorProvider
 
 __all__ = ["ReadFromKafka", "KafkaLogTruncatedError"]
 
@@ -70,8 +87,40 @@ _READER_SETTINGS = {
     "auto.offset.reset": "earliest",
 }
 _MAX_CACHED_CONSUMERS = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class _WatchMark:
+    """A partition watch's watermark state (told apart from a partition's plain Timestamp)."""
+
+    timestamp: Timestamp | None
+
+
+class _WatchWatermarkEstimator(KafkaWatermarkEstimator):
+    """A watch's watermark: moved only by the watch itself, never by the times of its records
+    (a partition it has not listed yet may hold older ones)."""
+
+    def observe_timestamp(self, timestamp: Timestamp) -> None:
+        pass
+
+    def get_estimator_state(self) -> _WatchMark:
+        return _WatchMark(self.current_watermark())
+
+
+class _WatermarkProvider(KafkaWatermarkEstimatorProvider):
+    """Partition plans get a :class:`KafkaWatermarkEstimator`, a watch its own kind."""
+
+    def initial_estimator_state(self, element, restriction):
+        return _WatchMark(None) if isinstance(element, PartitionWatch) else None
+
+    def create_watermark_estimator(self, estimator_state):
+        if isinstance(estimator_state, _WatchMark):
+            return _WatchWatermarkEstimator(estimator_state.timestamp)
+        return KafkaWatermarkEstimator(estimator_state)
+
+
 _RESTRICTION = beam.DoFn.RestrictionParam(KafkaRestrictionProvider())
-_WATERMARK = beam.DoFn.WatermarkEstimatorParam(KafkaWatermarkEstimatorProvider())
+_WATERMARK = beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider())
 
 
 class _PartitionConsumer:
@@ -199,19 +248,37 @@ class _EmitRecordsFn(beam.DoFn):
 
 
 class _PlanPartitionsFn(beam.DoFn):
-    """Lists partitions and resolves their offsets when the pipeline runs, not when it is built."""
+    """Lists partitions and resolves their offsets when the pipeline runs, not when it is built.
 
-    def __init__(self, reader: _ReaderSettings, topics: tuple[str, ...], plan_kwargs: dict):
+    With ``watch_start`` it also emits a :class:`PartitionWatch` for the partitions added later.
+    """
+
+    def __init__(
+        self,
+        reader: _ReaderSettings,
+        topics: tuple[str, ...],
+        plan_kwargs: dict,
+        *,
+        watch_start: str | None = None,
+        topics_option: str | None = None,
+    ):
         self._reader = reader
         self._topics = topics
         self._plan_kwargs = plan_kwargs
+        self._watch_start = watch_start
+        self._topics_option = topics_option
 
-    def process(self, _impulse) -> Iterator[PartitionPlan]:
+    def process(self, _impulse) -> Iterator[PartitionPlan | PartitionWatch]:
         client = self._reader.new_consumer()
         try:
+            listed_at = time.time()
             plans = plan_partitions(
                 client, self._topics, timeout=self._reader.timeout_s, **self._plan_kwargs
             )
+        except KafkaTopicNotFoundError as err:
+            if self._topics_option is None:
+                raise
+            raise KafkaTopicNotFoundError.of(err.topic, err.code, self._topics_option) from err
         finally:
             client.close()
         for plan in plans:  # every partition shows its backlog before its first poll
@@ -222,6 +289,9 @@ class _PlanPartitionsFn(beam.DoFn):
                 min(plan.end_offset_at_launch, plan.stop_offset),
             )
         yield from plans
+        if self._watch_start is not None:
+            known = frozenset((plan.topic, plan.partition) for plan in plans)
+            yield PartitionWatch(self._topics, known, self._watch_start, listed_at)
 
 
 class _ReaderSettings:
@@ -263,6 +333,7 @@ class _ReadPartitionsFn(beam.DoFn):
         poll_timeout_s: float,
         max_process_s: float,
         settle_heap: bool,
+        partition_discovery_s: float | None = None,
     ) -> None:
         self._reader = reader
         self._commit_offsets = commit_offsets and reader.group_id is not None
@@ -271,6 +342,7 @@ class _ReadPartitionsFn(beam.DoFn):
         self._poll_timeout_s = poll_timeout_s
         self._max_process_s = max_process_s
         self._settle_heap = settle_heap
+        self._discovery_s = partition_discovery_s  # for PartitionWatch elements (unbounded)
 
     def setup(self) -> None:
         if self._settle_heap:
@@ -279,15 +351,17 @@ class _ReadPartitionsFn(beam.DoFn):
             collections.OrderedDict()
         )
         self._committer = None
+        self._lister = None  # lists partitions for a PartitionWatch
         self._committed: dict[tuple[str, int], int] = {}
 
     def teardown(self) -> None:
         for reader in self._consumers.values():
             reader.close()
         self._consumers.clear()
-        if self._committer is not None:
-            self._committer.close()
-            self._committer = None
+        for client in (self._committer, self._lister):
+            if client is not None:
+                client.close()
+        self._committer = self._lister = None
 
     def process(
         self,
@@ -311,13 +385,22 @@ class _ReadPartitionsFn(beam.DoFn):
         self._consumers[key] = reader
         return reader
 
-    def _read(self, plan: PartitionPlan, windows: tuple, tracker, watermark, finalizer) -> Iterator:
+    def _read(
+        self,
+        plan: PartitionPlan,
+        windows: tuple,
+        tracker,
+        watermark,
+        finalizer,
+        budget_s: float | None = None,
+    ) -> Iterator:
+        """Read one partition for up to ``budget_s`` (``max_process_s``), then checkpoint."""
         start = tracker.current_restriction().start
         reader = self._consumer(plan.topic, plan.partition)
         reader.position_at(start)
         next_offset = start
         plan_stop = plan.stop_offset  # the restriction's own stop shrinks when it checkpoints
-        deadline = time.monotonic() + self._max_process_s
+        deadline = time.monotonic() + (self._max_process_s if budget_s is None else budget_s)
         done = False
         while True:
             stop = tracker.current_restriction().stop
@@ -465,7 +548,8 @@ class KafkaLogTruncatedError(RuntimeError):
 class _ReadUnboundedPartitionsFn(_ReadPartitionsFn):
     """The same reader marked unbounded, so runners treat the output as a stream.
 
-    Its polls hand out what has been fetched instead of waiting to fill a batch (latency).
+    Its polls hand out what has been fetched instead of waiting to fill a batch (latency). Its
+    elements are partition plans and one :class:`PartitionWatch`, which reads new partitions.
     """
 
     _drain = True
@@ -473,13 +557,119 @@ class _ReadUnboundedPartitionsFn(_ReadPartitionsFn):
     @beam.DoFn.unbounded_per_element()
     def process(
         self,
-        plan: PartitionPlan,
+        element: PartitionPlan | PartitionWatch,
         window=beam.DoFn.WindowParam,
         finalizer=beam.DoFn.BundleFinalizerParam,  # before the SDF params (passed by name)
         tracker=_RESTRICTION,
         watermark=_WATERMARK,
     ):
-        return self._read(plan, (window,), tracker, watermark, finalizer)
+        if isinstance(element, PartitionWatch):
+            return self._watch(element, (window,), tracker, watermark, finalizer)
+        return self._read(element, (window,), tracker, watermark, finalizer)
+
+    def _watch(self, watch: PartitionWatch, windows, tracker, watermark, finalizer) -> Iterator:
+        """List the partitions when due, read each new one for a share of ``max_process_s``,
+        then checkpoint.
+
+        The watch's watermark only moves when every partition it reads is caught up, and then to
+        the last listing minus ``idle_watermark_lag_s``: a partition not yet listed may hold
+        records from any time since.
+        """
+        state = tracker.current_restriction()
+        now = time.time()
+        if now >= state.checked_at + self._discovery_s:
+            state = self._discover(watch, state, now)
+            if not tracker.try_claim(state):
+                return
+        caught_up = True
+        budget_s = self._max_process_s / max(1, len(state.plans))
+        for index, plan in enumerate(state.plans):
+            partition = _WatchedPartition(tracker, index, plan)
+            yield from self._read(plan, windows, partition, partition, finalizer, budget_s)
+            if partition.refused:
+                return  # a runner checkpoint took the rest
+            caught_up = caught_up and partition.caught_up
+        if caught_up:
+            idle_mark = Timestamp.of(state.listed_at) - self._idle_lag
+            current = watermark.current_watermark()
+            if current is None or idle_mark > current:
+                watermark.advance_to(idle_mark)
+        wait_s = self._poll_timeout_s if state.plans else state.checked_at + self._discovery_s - now
+        tracker.defer_remainder(Duration.of(max(wait_s, self._poll_timeout_s)))
+
+    def _discover(self, watch: PartitionWatch, state, now: float):
+        """``state`` after listing the partitions: new ones planned, or unchanged on failure."""
+        if self._lister is None:
+            self._lister = self._reader.new_consumer()
+        try:
+            plans = plan_partitions(
+                self._lister,
+                watch.topics,
+                start=watch.start,
+                start_fallback="earliest",
+                timeout=self._reader.timeout_s,
+                skip=state.known,
+            )
+        except (KafkaUnavailableError, ValueError) as err:
+            _LOGGER.warning(
+                "Listing the partitions of %s failed (retried in %gs): %s",
+                ", ".join(watch.topics),
+                self._discovery_s,
+                err,
+            )
+            return dataclasses.replace(state, checked_at=now)
+        for plan in plans:
+            _LOGGER.info(
+                "Kafka %s[%d]: new partition, reading from offset %d",
+                plan.topic,
+                plan.partition,
+                plan.start_offset,
+            )
+            progress.record_position(
+                plan.topic, plan.partition, plan.start_offset, plan.end_offset_at_launch
+            )
+        return state.found(plans, now)
+
+
+class _WatchedPartition:
+    """One partition of a watch, seen by ``_read`` as its own restriction tracker and watermark.
+
+    A claim moves the partition's offset in the watch's state. A deferral or an idle watermark
+    only mark this call's work on the partition as over: the watch checkpoints once, at the end,
+    and sets its own watermark.
+    """
+
+    def __init__(self, tracker, index: int, plan: PartitionPlan) -> None:
+        self._tracker = tracker
+        self._index = index
+        self._plan = plan
+        self._next_offset = plan.start_offset
+        self.refused = False
+        self.caught_up = False
+
+    def current_restriction(self) -> PartitionOffsetRange:
+        plans = self._tracker.current_restriction().plans
+        stop = plans[self._index].stop_offset if self._index < len(plans) else self._next_offset
+        return PartitionOffsetRange(self._next_offset, stop, self._plan.topic, self._plan.partition)
+
+    def try_claim(self, offset: int) -> bool:
+        state = self._tracker.current_restriction()
+        if self._index >= len(state.plans) or not self._tracker.try_claim(
+            state.advanced(self._index, offset + 1)
+        ):
+            self.refused = True
+            return False
+        self._next_offset = offset + 1
+        return True
+
+    def defer_remainder(self, deferred_time=None) -> None:
+        pass
+
+    def current_watermark(self) -> None:
+        return None
+
+    def advance_to(self, timestamp: Timestamp) -> None:
+        self.caught_up = True
 
 
 class ReadFromKafka(beam.PTransform):
@@ -508,6 +698,11 @@ class ReadFromKafka(beam.PTransform):
         max_process_s: a busy partition checkpoints after this long, which bounds the bundle
             (and so the time until its offsets are committed, and, on the local runner that
             processes partitions one after another, the latency of the other partitions).
+        partition_discovery_s: how often an unbounded read lists the topics' partitions, to read
+            the partitions added while it runs; ``None`` lists them at launch only. Windows close
+            up to this much later: the watermark waits until a listing showed no new partition.
+        topics_option: the pipeline option the topics come from (e.g. ``"--inputTopic"``),
+            named in the error when a topic does not exist.
         consumer_factory: builds a consumer from a librdkafka dict (tests pass a fake).
         settle_heap: when a worker sets the reader up, exclude what it holds from later full
             garbage collections (:func:`transforms.kafka.heap.settle_heap`, ``gc.freeze``): they
@@ -536,6 +731,8 @@ class ReadFromKafka(beam.PTransform):
         batch_size: int = 1000,
         poll_timeout_s: float = 0.1,
         max_process_s: float = 0.5,
+        partition_discovery_s: float | None = 30.0,
+        topics_option: str | None = None,
         consumer_factory: ConsumerFactory | None = None,
         settle_heap: bool = True,
     ) -> None:
@@ -550,6 +747,8 @@ class ReadFromKafka(beam.PTransform):
             raise ValueError(f"start_fallback={start_fallback!r}: use 'earliest' or 'latest'")
         if max_records is not None and max_records < 0:
             raise ValueError(f"max_records must be >= 0, got {max_records}")
+        if partition_discovery_s is not None and not partition_discovery_s > 0:
+            raise ValueError(f"partition_discovery_s must be > 0 or None: {partition_discovery_s}")
         self._bounded = stop != "unbounded" or max_records is not None
         self._bounded = self._bounded or stop_timestamp_ms is not None
         self._plan_kwargs = {
@@ -560,6 +759,10 @@ class ReadFromKafka(beam.PTransform):
             "stop_timestamp_ms": stop_timestamp_ms,
         }
         self._reader = _ReaderSettings(config, group_id, consumer_factory, timeout_s)
+        self._watch_start = None  # where partitions found while running start; None: no watch
+        if not self._bounded and partition_discovery_s is not None:
+            self._watch_start = "committed" if start == "committed" else "earliest"
+        self._topics_option = topics_option
         self._emit_batches = False
         self._read_kwargs = {
             "commit_offsets": commit_offsets,
@@ -568,6 +771,7 @@ class ReadFromKafka(beam.PTransform):
             "poll_timeout_s": poll_timeout_s,
             "max_process_s": max_process_s,
             "settle_heap": settle_heap,
+            "partition_discovery_s": partition_discovery_s,
         }
 
     def batched(self) -> ReadFromKafka:
@@ -599,7 +803,15 @@ class ReadFromKafka(beam.PTransform):
             pbegin
             | "Impulse" >> beam.Impulse()
             | "PlanPartitions"
-            >> beam.ParDo(_PlanPartitionsFn(self._reader, self._topics, self._plan_kwargs))
+            >> beam.ParDo(
+                _PlanPartitionsFn(
+                    self._reader,
+                    self._topics,
+                    self._plan_kwargs,
+                    watch_start=self._watch_start,
+                    topics_option=self._topics_option,
+                )
+            )
             | "Distribute" >> beam.Reshuffle()
             | "ReadPartitions"
             >> beam.ParDo(read_fn(self._reader, **self._read_kwargs)).with_output_types(Batch)

@@ -4,6 +4,10 @@ A partition's work is an offset range ``[start, stop)``; ``stop`` is :data:`UNBO
 the reader follows the log forever. The tracker only splits at checkpoints (``fraction == 0``):
 one partition is read by one consumer in offset order, and a parallel split would reorder it.
 
+The partition watch of an unbounded read (a :class:`PartitionWatch` element) has a
+:class:`WatchRestriction` instead: the partitions known so far and those found after launch with
+their next offsets. Its tracker takes the whole new state as a claim and only checkpoints.
+
 Runners learn the backlog from the partition's end offset (the broker's high watermark): the
 reader records it in :data:`BACKLOG` after every poll, ``restriction_size`` and the tracker's
 ``current_progress`` read it (Beam's Python Kafka IO reports no backlog, so Dataflow never
@@ -17,11 +21,14 @@ Usage::
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
-from apache_beam.io.iobase import RestrictionProgress
+from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.transforms.core import RestrictionProvider
+
+from transforms.kafka.partition_plan import UNBOUNDED_OFFSET, PartitionPlan, PartitionWatch
 
 __all__ = [
     "UNBOUNDED_OFFSET",
@@ -29,11 +36,10 @@ __all__ = [
     "PartitionBacklog",
     "PartitionOffsetRange",
     "KafkaOffsetTracker",
+    "WatchRestriction",
+    "WatchTracker",
     "KafkaRestrictionProvider",
 ]
-
-UNBOUNDED_OFFSET = 2**63 - 1
-"""The ``stop`` of a restriction that follows the partition forever."""
 
 
 class PartitionBacklog:
@@ -132,8 +138,82 @@ class KafkaOffsetTracker(OffsetRestrictionTracker):
         return self.current_restriction().is_bounded
 
 
+@dataclasses.dataclass(frozen=True)
+class WatchRestriction:
+    """A partition watch's state: every partition known, the plans of those found after launch
+    (``start_offset`` = the next offset to read), when the partitions were last listed and when
+    a listing was last tried (epoch seconds)."""
+
+    known: frozenset[tuple[str, int]]
+    plans: tuple[PartitionPlan, ...] = ()
+    listed_at: float = 0.0
+    checked_at: float = 0.0
+    is_bounded = False
+
+    def found(self, plans: list[PartitionPlan], now: float) -> WatchRestriction:
+        """The state after a listing at ``now`` that found ``plans`` (new partitions)."""
+        known = self.known | {(plan.topic, plan.partition) for plan in plans}
+        return WatchRestriction(known, self.plans + tuple(plans), now, now)
+
+    def advanced(self, index: int, next_offset: int) -> WatchRestriction:
+        """The state after reading ``plans[index]`` up to ``next_offset``."""
+        plans = list(self.plans)
+        plans[index] = dataclasses.replace(plans[index], start_offset=next_offset)
+        return dataclasses.replace(self, plans=tuple(plans))
+
+
+class WatchTracker(RestrictionTracker):
+    """Claims are whole new states; the only split is the checkpoint (``fraction == 0``), which
+    leaves an empty primary and the current state as the residual. Never done by itself."""
+
+    def __init__(self, restriction: WatchRestriction, backlog: PartitionBacklog) -> None:
+        self._restriction = restriction
+        self._backlog = backlog
+        self._checkpointed = False
+
+    def current_restriction(self) -> WatchRestriction:
+        return self._restriction
+
+    def try_claim(self, state: WatchRestriction) -> bool:
+        if self._checkpointed:
+            return False
+        self._restriction = state
+        return True
+
+    def try_split(self, fraction_of_remainder: float):
+        if fraction_of_remainder != 0 or self._checkpointed:
+            return None
+        self._checkpointed = True
+        residual = self._restriction
+        self._restriction = dataclasses.replace(residual, plans=())
+        return self._restriction, residual
+
+    def check_done(self) -> None:
+        if not self._checkpointed:
+            raise ValueError("a partition watch never ends by itself: it must checkpoint")
+
+    def current_progress(self) -> RestrictionProgress:
+        return RestrictionProgress(
+            completed=0.0, remaining=_watch_backlog(self._restriction, self._backlog, False)
+        )
+
+    def is_bounded(self) -> bool:
+        return False
+
+
+def _watch_backlog(restriction: WatchRestriction, backlog: PartitionBacklog, in_bytes: bool):
+    """Records (estimated bytes with ``in_bytes``) left in the partitions a watch reads."""
+    total = 0.0
+    for plan in restriction.plans:
+        end = backlog.end_offset(plan.topic, plan.partition)
+        records = max(0, (plan.end_offset_at_launch if end is None else end) - plan.start_offset)
+        total += records * (backlog.mean_bytes(plan.topic, plan.partition) if in_bytes else 1)
+    return total
+
+
 class KafkaRestrictionProvider(RestrictionProvider):
-    """Restrictions for partition plans (elements with topic, partition, start and stop offsets)."""
+    """Restrictions for partition plans (elements with topic, partition, start and stop offsets)
+    and for the partition watch."""
 
     def __init__(self, backlog: PartitionBacklog | None = None) -> None:
         self._backlog = backlog
@@ -143,21 +223,28 @@ class KafkaRestrictionProvider(RestrictionProvider):
         # The module singleton is looked up lazily so a pickled provider uses the worker's own.
         return self._backlog or BACKLOG
 
-    def initial_restriction(self, element) -> PartitionOffsetRange:
+    def initial_restriction(self, element) -> PartitionOffsetRange | WatchRestriction:
+        if isinstance(element, PartitionWatch):
+            return WatchRestriction(element.known, (), element.listed_at, element.listed_at)
         return PartitionOffsetRange(
             element.start_offset, element.stop_offset, element.topic, element.partition
         )
 
-    def create_tracker(self, restriction: PartitionOffsetRange) -> KafkaOffsetTracker:
+    def create_tracker(self, restriction):
+        if isinstance(restriction, WatchRestriction):
+            return WatchTracker(restriction, self.backlog)
         return KafkaOffsetTracker(restriction, self.backlog)
 
-    def restriction_size(self, element, restriction: PartitionOffsetRange) -> float:
+    def restriction_size(self, element, restriction) -> float:
+        if isinstance(restriction, WatchRestriction):
+            return _watch_backlog(restriction, self.backlog, True)
         end = self.backlog.end_offset(restriction.topic, restriction.partition)
         if end is None:
             end = element.end_offset_at_launch
         records = restriction.backlog(restriction.start, end)
         return records * self.backlog.mean_bytes(restriction.topic, restriction.partition)
 
-    def truncate(self, element, restriction: PartitionOffsetRange):
-        """On drain an unbounded partition stops at once; a bounded one finishes its range."""
+    def truncate(self, element, restriction):
+        """On drain an unbounded partition (or a watch) stops at once; a bounded one finishes
+        its range."""
         return restriction if restriction.is_bounded else None
