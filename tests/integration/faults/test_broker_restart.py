@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from kafka_topics import read_topic
 from tiny_anomaly_model import CREDITCARD_FEATURES, write_model
 
 from transforms.decoding.schema import bundled_schema_path
@@ -122,27 +123,6 @@ class LiveFeed:
         assert self._producer.flush(120) == 0, "the feed could not deliver its events"
 
 
-def _read(bootstrap: str, topic: str, partitions: int) -> list:
-    """Every message of ``topic`` now (until 3 s without a new one)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            **LOCAL_BROKER_SETTINGS,
-        }
-    )
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    messages, idle_since = [], time.monotonic()
-    while time.monotonic() - idle_since < 3:
-        batch = [m for m in consumer.consume(1000, 0.5) if m.error() is None]
-        if batch:
-            idle_since = time.monotonic()
-        messages += batch
-    consumer.close()
-    return messages
-
-
 def _scorer(
     broker: PrivateBroker, topics: dict[str, str], model_root: str, log
 ) -> subprocess.Popen:
@@ -173,7 +153,8 @@ def _scorer(
 
 
 def _predicted_ids(broker: PrivateBroker, topic: str) -> set[str]:
-    return {json.loads(m.value())["event_id"] for m in _read(broker.bootstrap, topic, PARTITIONS)}
+    messages = read_topic(broker.bootstrap, topic, PARTITIONS)
+    return {json.loads(m.value())["event_id"] for m in messages}
 
 
 def test_the_scorer_resumes_after_a_broker_restart_and_loses_nothing(broker, tmp_path):
@@ -215,7 +196,7 @@ def test_the_scorer_resumes_after_a_broker_restart_and_loses_nothing(broker, tmp
             # Nothing lost: every record the broker holds now has a prediction.
             held = {
                 json.loads(m.value())["event_id"]
-                for m in _read(broker.bootstrap, topics["input"], PARTITIONS)
+                for m in read_topic(broker.bootstrap, topics["input"], PARTITIONS)
             }
             deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
             while missing := held - _predicted_ids(broker, topics["output"]):

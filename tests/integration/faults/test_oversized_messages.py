@@ -17,10 +17,10 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
+from kafka_topics import read_topic
 from tiny_anomaly_model import CREDITCARD_FEATURES, write_model
 
 from transforms.decoding.schema import bundled_schema_path
@@ -81,27 +81,6 @@ def _produce(config: KafkaConfig, topic: str, messages: list[tuple[str, bytes, b
     return placed
 
 
-def _read_all(config: KafkaConfig, topic: str, partitions: int) -> list[tuple[bytes, bytes]]:
-    """Every ``(key, value)`` of ``topic`` up to its current end."""
-    consumer = Consumer(config.consumer_dict(f"reader-{uuid.uuid4().hex}"))
-    try:
-        ends = [
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in range(partitions)
-        ]
-        consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-        messages: list[tuple[bytes, bytes]] = []
-        deadline = time.time() + 30
-        while len(messages) < sum(ends) and time.time() < deadline:
-            for message in consumer.consume(500, 0.5):
-                assert message.error() is None, message.error()
-                messages.append((message.key(), message.value()))
-        assert len(messages) == sum(ends)
-        return messages
-    finally:
-        consumer.close()
-
-
 def test_a_batch_run_with_messages_up_to_the_broker_limit_ends_with_every_offset_accounted_for(
     kafka_config: KafkaConfig, topic_factory, group_id: str, tmp_path
 ) -> None:
@@ -157,11 +136,11 @@ def test_a_batch_run_with_messages_up_to_the_broker_limit_ends_with_every_offset
     assert run.returncode == 0, log[-4000:]
     print(f"score_events batch run: {elapsed:.1f} s")  # noqa: T201 - shown with pytest -s
 
-    predictions = [json.loads(v) for _, v in _read_all(kafka_config, output, 1)]
-    raw_letters = _read_all(kafka_config, dead, 1)
+    predictions = [json.loads(m.value()) for m in read_topic(kafka_config, output, 1)]
+    raw_letters = [(m.key(), m.value()) for m in read_topic(kafka_config, dead, 1)]
     assert max(len(k or b"") + len(v) for k, v in raw_letters) <= dead_limit
     letters = [(k, json.loads(v)) for k, v in raw_letters]
-    alerted = [json.loads(v) for _, v in _read_all(kafka_config, alerts, 1)]
+    alerted = [json.loads(m.value()) for m in read_topic(kafka_config, alerts, 1)]
 
     # Every input offset: exactly one prediction or one dead letter.
     by_offset: dict[tuple[int, int], list[str]] = {}

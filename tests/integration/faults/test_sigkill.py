@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from kafka_topics import read_topic
 from tiny_anomaly_model import CREDITCARD_FEATURES, write_model
 
 from transforms.decoding.schema import bundled_schema_path
@@ -189,25 +190,12 @@ def _wait_live(scorer: _ScorerProcess, predictions: _Collector) -> float:
 
 def _read_input(config: KafkaConfig, topic: str, partitions: int) -> dict[tuple[int, int], str]:
     """``(partition, offset) -> event_id`` of every message of ``topic`` up to its end."""
-    consumer = Consumer(config.consumer_dict(f"reader-{uuid.uuid4().hex}"))
-    try:
-        ends = [
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in range(partitions)
-        ]
-        consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-        placed: dict[tuple[int, int], str] = {}
-        deadline = time.monotonic() + 60
-        while len(placed) < sum(ends) and time.monotonic() < deadline:
-            for message in consumer.consume(1000, 0.5):
-                assert message.error() is None, message.error()
-                found = _EVENT_ID.search(message.value())
-                assert found, message.value()[:200]
-                placed[(message.partition(), message.offset())] = found.group(1).decode()
-        assert len(placed) == sum(ends), f"read {len(placed)} of {sum(ends)} input messages"
-        return placed
-    finally:
-        consumer.close()
+    placed: dict[tuple[int, int], str] = {}
+    for message in read_topic(config, topic, partitions):
+        found = _EVENT_ID.search(message.value())
+        assert found, message.value()[:200]
+        placed[(message.partition(), message.offset())] = found.group(1).decode()
+    return placed
 
 
 @pytest.mark.timeout(420)
