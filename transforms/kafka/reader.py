@@ -66,9 +66,9 @@ from transforms.kafka.restriction import (
     BACKLOG,
     UNBOUNDED_OFFSET,
     KafkaRestrictionProvider,
-    PartitionOffsetRange,
+    WatchedPartition,
 )
-from transforms.kafka.watermark import KafkaWatermarkEstimator, KafkaWatermarkEstimatorProvider
+from transforms.kafka.watermark import ReaderWatermarkProvider
 
 __all__ = ["ReadFromKafka", "KafkaLogTruncatedError"]
 
@@ -89,38 +89,8 @@ _READER_SETTINGS = {
 _MAX_CACHED_CONSUMERS = 64
 
 
-@dataclasses.dataclass(frozen=True)
-class _WatchMark:
-    """A partition watch's watermark state (told apart from a partition's plain Timestamp)."""
-
-    timestamp: Timestamp | None
-
-
-class _WatchWatermarkEstimator(KafkaWatermarkEstimator):
-    """A watch's watermark: moved only by the watch itself, never by the times of its records
-    (a partition it has not listed yet may hold older ones)."""
-
-    def observe_timestamp(self, timestamp: Timestamp) -> None:
-        pass
-
-    def get_estimator_state(self) -> _WatchMark:
-        return _WatchMark(self.current_watermark())
-
-
-class _WatermarkProvider(KafkaWatermarkEstimatorProvider):
-    """Partition plans get a :class:`KafkaWatermarkEstimator`, a watch its own kind."""
-
-    def initial_estimator_state(self, element, restriction):
-        return _WatchMark(None) if isinstance(element, PartitionWatch) else None
-
-    def create_watermark_estimator(self, estimator_state):
-        if isinstance(estimator_state, _WatchMark):
-            return _WatchWatermarkEstimator(estimator_state.timestamp)
-        return KafkaWatermarkEstimator(estimator_state)
-
-
 _RESTRICTION = beam.DoFn.RestrictionParam(KafkaRestrictionProvider())
-_WATERMARK = beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider())
+_WATERMARK = beam.DoFn.WatermarkEstimatorParam(ReaderWatermarkProvider())
 
 
 class _PartitionConsumer:
@@ -584,7 +554,7 @@ class _ReadUnboundedPartitionsFn(_ReadPartitionsFn):
         caught_up = True
         budget_s = self._max_process_s / max(1, len(state.plans))
         for index, plan in enumerate(state.plans):
-            partition = _WatchedPartition(tracker, index, plan)
+            partition = WatchedPartition(tracker, index, plan)
             yield from self._read(plan, windows, partition, partition, finalizer, budget_s)
             if partition.refused:
                 return  # a runner checkpoint took the rest
@@ -629,47 +599,6 @@ class _ReadUnboundedPartitionsFn(_ReadPartitionsFn):
                 plan.topic, plan.partition, plan.start_offset, plan.end_offset_at_launch
             )
         return state.found(plans, now)
-
-
-class _WatchedPartition:
-    """One partition of a watch, seen by ``_read`` as its own restriction tracker and watermark.
-
-    A claim moves the partition's offset in the watch's state. A deferral or an idle watermark
-    only mark this call's work on the partition as over: the watch checkpoints once, at the end,
-    and sets its own watermark.
-    """
-
-    def __init__(self, tracker, index: int, plan: PartitionPlan) -> None:
-        self._tracker = tracker
-        self._index = index
-        self._plan = plan
-        self._next_offset = plan.start_offset
-        self.refused = False
-        self.caught_up = False
-
-    def current_restriction(self) -> PartitionOffsetRange:
-        plans = self._tracker.current_restriction().plans
-        stop = plans[self._index].stop_offset if self._index < len(plans) else self._next_offset
-        return PartitionOffsetRange(self._next_offset, stop, self._plan.topic, self._plan.partition)
-
-    def try_claim(self, offset: int) -> bool:
-        state = self._tracker.current_restriction()
-        if self._index >= len(state.plans) or not self._tracker.try_claim(
-            state.advanced(self._index, offset + 1)
-        ):
-            self.refused = True
-            return False
-        self._next_offset = offset + 1
-        return True
-
-    def defer_remainder(self, deferred_time=None) -> None:
-        pass
-
-    def current_watermark(self) -> None:
-        return None
-
-    def advance_to(self, timestamp: Timestamp) -> None:
-        self.caught_up = True
 
 
 class ReadFromKafka(beam.PTransform):

@@ -27,6 +27,7 @@ import threading
 from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.utils.timestamp import Timestamp
 
 from transforms.kafka.partition_plan import UNBOUNDED_OFFSET, PartitionPlan, PartitionWatch
 
@@ -38,6 +39,7 @@ __all__ = [
     "KafkaOffsetTracker",
     "WatchRestriction",
     "WatchTracker",
+    "WatchedPartition",
     "KafkaRestrictionProvider",
 ]
 
@@ -248,3 +250,44 @@ class KafkaRestrictionProvider(RestrictionProvider):
         """On drain an unbounded partition (or a watch) stops at once; a bounded one finishes
         its range."""
         return restriction if restriction.is_bounded else None
+
+
+class WatchedPartition:
+    """One partition of a watch, seen by ``_read`` as its own restriction tracker and watermark.
+
+    A claim moves the partition's offset in the watch's state. A deferral or an idle watermark
+    only mark this call's work on the partition as over: the watch checkpoints once, at the end,
+    and sets its own watermark.
+    """
+
+    def __init__(self, tracker, index: int, plan: PartitionPlan) -> None:
+        self._tracker = tracker
+        self._index = index
+        self._plan = plan
+        self._next_offset = plan.start_offset
+        self.refused = False
+        self.caught_up = False
+
+    def current_restriction(self) -> PartitionOffsetRange:
+        plans = self._tracker.current_restriction().plans
+        stop = plans[self._index].stop_offset if self._index < len(plans) else self._next_offset
+        return PartitionOffsetRange(self._next_offset, stop, self._plan.topic, self._plan.partition)
+
+    def try_claim(self, offset: int) -> bool:
+        state = self._tracker.current_restriction()
+        if self._index >= len(state.plans) or not self._tracker.try_claim(
+            state.advanced(self._index, offset + 1)
+        ):
+            self.refused = True
+            return False
+        self._next_offset = offset + 1
+        return True
+
+    def defer_remainder(self, deferred_time=None) -> None:
+        pass
+
+    def current_watermark(self) -> None:
+        return None
+
+    def advance_to(self, timestamp: Timestamp) -> None:
+        self.caught_up = True

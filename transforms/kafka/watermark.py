@@ -15,11 +15,15 @@ Usage (inside a splittable DoFn)::
 
 from __future__ import annotations
 
+import dataclasses
+
 from apache_beam.io.iobase import WatermarkEstimator
 from apache_beam.transforms.core import WatermarkEstimatorProvider
 from apache_beam.utils.timestamp import Timestamp
 
-__all__ = ["KafkaWatermarkEstimator", "KafkaWatermarkEstimatorProvider"]
+from transforms.kafka.partition_plan import PartitionWatch
+
+__all__ = ["KafkaWatermarkEstimator", "KafkaWatermarkEstimatorProvider", "ReaderWatermarkProvider"]
 
 
 class KafkaWatermarkEstimator(WatermarkEstimator):
@@ -73,4 +77,34 @@ class KafkaWatermarkEstimatorProvider(WatermarkEstimatorProvider):
         return None
 
     def create_watermark_estimator(self, estimator_state: Timestamp | None):
+        return KafkaWatermarkEstimator(estimator_state)
+
+
+@dataclasses.dataclass(frozen=True)
+class _WatchMark:
+    """A partition watch's watermark state (told apart from a partition's plain Timestamp)."""
+
+    timestamp: Timestamp | None
+
+
+class _WatchWatermarkEstimator(KafkaWatermarkEstimator):
+    """A watch's watermark: moved only by the watch itself, never by the times of its records
+    (a partition it has not listed yet may hold older ones)."""
+
+    def observe_timestamp(self, timestamp: Timestamp) -> None:
+        pass
+
+    def get_estimator_state(self) -> _WatchMark:
+        return _WatchMark(self.current_watermark())
+
+
+class ReaderWatermarkProvider(KafkaWatermarkEstimatorProvider):
+    """Partition plans get a :class:`KafkaWatermarkEstimator`, a watch its own kind."""
+
+    def initial_estimator_state(self, element, restriction):
+        return _WatchMark(None) if isinstance(element, PartitionWatch) else None
+
+    def create_watermark_estimator(self, estimator_state):
+        if isinstance(estimator_state, _WatchMark):
+            return _WatchWatermarkEstimator(estimator_state.timestamp)
         return KafkaWatermarkEstimator(estimator_state)

@@ -33,7 +33,6 @@ from transforms.kafka.reader import (
     _PlanPartitionsFn,
     _ReaderSettings,
     _ReadUnboundedPartitionsFn,
-    _WatermarkProvider,
 )
 from transforms.kafka.restriction import (
     UNBOUNDED_OFFSET,
@@ -42,7 +41,7 @@ from transforms.kafka.restriction import (
     WatchRestriction,
     WatchTracker,
 )
-from transforms.kafka.watermark import KafkaWatermarkEstimator
+from transforms.kafka.watermark import KafkaWatermarkEstimator, ReaderWatermarkProvider
 
 from .test_read_from_kafka import _CLUSTERS, CONFIG, FakeCluster, FakeConsumer, FakeMessage, _log
 
@@ -91,7 +90,7 @@ def _call(fn, watch, restriction, estimator_state=None):
     the bundle finalizer."""
     provider = KafkaRestrictionProvider(PartitionBacklog())
     tracker = ThreadsafeRestrictionTracker(provider.create_tracker(restriction))
-    marks = _WatermarkProvider()
+    marks = ReaderWatermarkProvider()
     if estimator_state is None:
         estimator_state = marks.initial_estimator_state(watch, restriction)
     estimator = ThreadsafeWatermarkEstimator(marks.create_watermark_estimator(estimator_state))
@@ -216,7 +215,7 @@ def test_the_watch_watermark_follows_the_last_listing_not_its_records(cluster):
 
 
 def test_partitions_keep_their_own_watermark_estimator():
-    marks = _WatermarkProvider()
+    marks = ReaderWatermarkProvider()
     plan = PartitionPlan("events", 0, 0, UNBOUNDED_OFFSET, end_offset_at_launch=0)
     estimator = marks.create_watermark_estimator(marks.initial_estimator_state(plan, None))
     assert type(estimator) is KafkaWatermarkEstimator
