@@ -3,11 +3,12 @@
 A broker of its own (``scripts/stack.sh`` with a private state dir and port, so the shared
 broker of the other tests is never stopped) is stopped with SIGTERM for :data:`DOWN_S` seconds
 while events are fed live, then started again on the same data. The real faults follow: the
-scorer's idempotent producer fails fatally ("out of order sequence number": noida-db forgets
-producer state), and the broker comes back holding fewer records than it acknowledged, giving
-the lost offsets to new records. The scorer must resume on its own within 30 s of the broker's
-return, and every input record the broker holds afterwards must have a prediction (duplicates
-allowed: at-least-once). The soak variant (10 minutes at 1,000/s) is ``bench/bench_soak.py``.
+scorer's idempotent producer usually fails fatally ("out of order sequence number": noida-db
+forgets producer state), and the broker comes back holding fewer records than it acknowledged,
+giving the lost offsets to new records. The scorer must resume on its own within 30 s of the
+broker's return, and every input record the broker holds afterwards must have a prediction
+(duplicates allowed: at-least-once). The soak variant (10 minutes at 1,000/s) is
+``bench/bench_soak.py``.
 """
 
 from __future__ import annotations
@@ -217,12 +218,17 @@ def test_the_scorer_resumes_after_a_broker_restart_and_loses_nothing(broker, tmp
                     os.killpg(scorer.pid, signal.SIGKILL)
                     scorer.wait(10)
     text = log_path.read_text(errors="replace")
-    # The real fatal producer error happened and was handled by a restart from the offsets.
-    assert "failed fatally" in text and "restarting from the committed offsets" in text, (
-        "expected the broker restart to break the idempotent producer (sequence numbers); "
-        f"log:\n{_tail(log_path)}"
-    )
+    # Most runs hit the real fatal producer error (the broker forgot the idempotent producer's
+    # sequence numbers); when it happens it must have been handled by a restart from the
+    # committed offsets. Whether it happens depends on what was in flight when the broker
+    # stopped; tests/unit/kafka/test_write_to_kafka.py covers the handling deterministically.
+    fatal = "failed fatally" in text
+    print(f"fatal producer error in this run: {fatal}")  # noqa: T201 - shown with pytest -s
+    if fatal:
+        assert "restarting from the committed offsets" in text, _tail(log_path)
 
 
 def _tail(path: Path, chars: int = 4000) -> str:
-    return path.read_text(errors="replace")[-chars:]
+    """The end of the scorer's log without librdkafka's connection-refused lines."""
+    lines = path.read_text(errors="replace").splitlines()
+    return "\n".join(line for line in lines if "Connection refused" not in line)[-chars:]
