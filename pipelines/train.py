@@ -42,6 +42,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.common import quiet_tensorflow
 from pipelines.common.options import Option, OptionError, options_class, validate
 from pipelines.common.row_source import ROW_SOURCE, TABLE_SPEC_REGEX, RowSource
 from pipelines.training import evaluation
@@ -353,21 +354,22 @@ def _fit(
     """Fit the autoencoder to reconstruct ``x_train``, stopping early on ``x_val``; its history."""
     import keras
 
-    history = autoencoder.fit(
-        x_train,
-        x_train,
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        validation_data=(x_val, x_val),
-        shuffle=True,
-        verbose=0,
-        callbacks=[
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=settings.patience, restore_best_weights=True
-            ),
-            keras.callbacks.TensorBoard(log_dir=log_dir),
-        ],
-    )
+    with quiet_tensorflow.filtered_stderr():  # an E-level version-skew notice on every fit
+        history = autoencoder.fit(
+            x_train,
+            x_train,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            validation_data=(x_val, x_val),
+            shuffle=True,
+            verbose=0,
+            callbacks=[
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss", patience=settings.patience, restore_best_weights=True
+                ),
+                keras.callbacks.TensorBoard(log_dir=log_dir),
+            ],
+        )
     return history.history
 
 

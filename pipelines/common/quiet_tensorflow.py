@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
-__all__ = ["install", "is_startup_noise"]
+__all__ = ["install", "is_startup_noise", "filtered_stderr"]
 
 _NOISE = re.compile(
     r"All log messages before absl::InitializeLog\(\) is called"
@@ -35,6 +35,9 @@ _NOISE = re.compile(
     r"|cpu_feature_guard\.cc"
     r"|rebuild TensorFlow with the appropriate compiler flags"
     r"|failed call to cuInit"
+    # TF 2.21's Python sets an attribute its own C++ MapDataset op does not know yet (Keras
+    # fit's input pipeline); TensorFlow ignores it, but logs it as an E line on every fit.
+    r"|NodeDef mentions attribute use_unbounded_threadpool"
 )
 _TFT_ADVICE = (
     "You are passing instance dicts and DatasetMetadata to TFT",
@@ -48,8 +51,15 @@ def is_startup_noise(line: str) -> bool:
 
 
 @contextlib.contextmanager
-def _stderr_filtered() -> Iterator[None]:
-    """Capture file descriptor 2 (C++ writes there too) and write back all but the noise."""
+def filtered_stderr() -> Iterator[None]:
+    """Capture file descriptor 2 (C++ writes there too) and write back all but the noise.
+
+    What the block writes to stderr appears when it ends: wrap short TensorFlow calls only.
+    ``KBML_TF_STARTUP_LOGS=1`` passes everything through at once.
+    """
+    if os.environ.get("KBML_TF_STARTUP_LOGS") == "1":
+        yield
+        return
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
@@ -76,7 +86,7 @@ class _QuietLoader(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
-        with _stderr_filtered():
+        with filtered_stderr():
             self._loader.exec_module(module)
             module.config.list_physical_devices("GPU")  # the CUDA probe happens here, quietly
 

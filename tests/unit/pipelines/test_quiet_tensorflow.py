@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def test_filter_drops_known_notices_and_keeps_other_lines(capfd):
-    with quiet_tensorflow._stderr_filtered():
+    with quiet_tensorflow.filtered_stderr():
         os.write(2, b"I0000 port.cc:153] oneDNN custom operations are on. You may see\n")
         os.write(2, b"E0000 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n")
         os.write(2, b"E0000 something.cc:1] a real problem\n")
