@@ -34,7 +34,7 @@ LIVE_TIMEOUT_S = 120
 
 def _launcher(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.flex_template.launcher", *args],
+        [sys.executable, "-m", "pipelines.template_launcher", *args],
         cwd=REPO,
         env={**os.environ, **env},
         capture_output=True,
@@ -133,7 +133,7 @@ def test_launcher_runs_the_streaming_scoring_template_live(
         f"outputTopic={predictions},consumerGroupId={group_id},startOffset=earliest,"
         f"schemaPath={bundled_schema_path('creditcard')},modelPath={model_root}"
     )
-    command = [sys.executable, "-m", "pipelines.flex_template.launcher", "run", "score_events"]
+    command = [sys.executable, "-m", "pipelines.template_launcher", "run", "score_events"]
     command += ["--parameters", params, "--parameters", f"kafkaConfig={stack_env['KAFKA_CONFIG']}"]
     with open(tmp_path / "launcher.log", "wb") as log:
         process = subprocess.Popen(
