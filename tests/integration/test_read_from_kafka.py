@@ -217,7 +217,7 @@ def _pipeline_process(bootstrap, topic, out, *args) -> subprocess.Popen:
     return subprocess.Popen(
         [
             sys.executable,
-            str(REPO / "tests" / "integration" / "read_to_file_pipeline.py"),
+            str(REPO / "tests" / "read_to_file_pipeline.py"),
             "--bootstrap",
             bootstrap,
             "--topic",

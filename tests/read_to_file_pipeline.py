@@ -4,7 +4,7 @@ Kafka → ReadFromKafka → a fused file sink that appends ``partition offset ti
 received_ms`` per record. The sink fsyncs in ``finish_bundle``, i.e. before the bundle completes
 and therefore before the reader's finalizer commits its offsets: what is committed is on disk.
 
-    python tests/integration/read_to_file_pipeline.py --bootstrap H:P --topic T --out F \
+    python tests/read_to_file_pipeline.py --bootstrap H:P --topic T --out F \
         [--group G] [--bounded] [--delay-s 0.001] [--batch-size 50] [--streaming]
 """
 
