@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
-#: ``-m pipelines.x`` in shell and Markdown, ``"-m", "pipelines.x"`` in Python argument lists.
+#: ``-m <module>`` in shell and Markdown, ``"-m", "<module>"`` in Python argument lists.
 _COMMAND = re.compile(r"""-m["',\s]+(pipelines(?:\.[a-z_]+)+)""")
 
 
