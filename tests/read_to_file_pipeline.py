@@ -1,16 +1,19 @@
-"""A ReadFromKafka pipeline run as a subprocess by the reader's kill -9 and live-delivery tests.
+"""A ReadFromKafka pipeline run as a subprocess by the reader's kill -9, live-delivery and
+added-partition tests.
 
 Kafka → ReadFromKafka → a fused file sink that appends ``partition offset timestamp_ms
 received_ms`` per record. The sink fsyncs in ``finish_bundle``, i.e. before the bundle completes
 and therefore before the reader's finalizer commits its offsets: what is committed is on disk.
 
     python tests/read_to_file_pipeline.py --bootstrap H:P --topic T --out F \
-        [--group G] [--bounded] [--delay-s 0.001] [--batch-size 50] [--streaming]
+        [--group G] [--bounded] [--delay-s 0.001] [--batch-size 50] [--discovery-s 2] \
+        [--streaming]
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 
@@ -54,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bounded", action="store_true")
     parser.add_argument("--delay-s", type=float, default=0.0)
     parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--discovery-s", type=float, help="partition listing interval (unbounded)")
     args, beam_args = parser.parse_known_args(argv)
     config = KafkaConfig(bootstrap_servers=args.bootstrap).with_extra(LOCAL_BROKER_SETTINGS)
     read = ReadFromKafka(
@@ -64,10 +68,12 @@ def main(argv: list[str] | None = None) -> None:
         stop="end_at_launch" if args.bounded else "unbounded",
         batch_size=args.batch_size,
         max_process_s=0.2,
+        **({"partition_discovery_s": args.discovery_s} if args.discovery_s else {}),
     )
     with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
         _ = p | "Read" >> read | "Sink" >> beam.ParDo(AppendToFile(args.out, args.delay_s))
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     main()

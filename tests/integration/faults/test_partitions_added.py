@@ -1,6 +1,6 @@
 """Partitions added to a topic while a streaming read runs are read live, without a restart.
 
-The first case starts ``growing_topic_pipeline.py`` (ReadFromKafka on ``--runner=FnApiRunner
+The first case starts ``tests/read_to_file_pipeline.py`` (ReadFromKafka on ``--runner=FnApiRunner
 --streaming``, partitions listed every 2 s) on a 1-partition topic of the local broker, adds two
 partitions with ``AdminClient.create_partitions`` and writes to them, some records before the
 reader can have listed them. Every record must reach the pipeline's file sink while the same
@@ -28,7 +28,7 @@ from transforms.decoding.schema import bundled_schema_path
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[3]
-SCRIPT = Path(__file__).resolve().parent / "growing_topic_pipeline.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "read_to_file_pipeline.py"
 DISCOVERY_S = 2.0
 #: How long a record may take to arrive: the issue's bound plus one listing interval.
 DELIVERY_S = 30 + DISCOVERY_S
