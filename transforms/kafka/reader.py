@@ -23,7 +23,10 @@ Maven jar. This one reads each topic-partition as one restriction of a splittabl
   position and end offset per partition, committed offsets) for the stall watchdog;
 * offsets are committed to the consumer group in a bundle finalizer, i.e. only after the runner
   has durably processed the bundle's output: **at-least-once**. A crash re-reads from the last
-  commit; nothing is lost, some records may be delivered again.
+  commit; nothing is lost, some records may be delivered again;
+* after a broker outage commits wait and the read fails once the broker is back, to restart from
+  the group's offsets (:mod:`transforms.kafka.broker_outage`: a restarted broker may have lost
+  acknowledged outputs).
 
 Usage::
 
@@ -50,6 +53,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from transforms import progress
 from transforms.batch import Batch
+from transforms.kafka.broker_outage import KafkaBrokerOutageError, OutageWatch
 from transforms.kafka.config import KafkaConfig
 from transforms.kafka.heap import settle_heap
 from transforms.kafka.partition_plan import (
@@ -70,7 +74,7 @@ from transforms.kafka.restriction import (
 )
 from transforms.kafka.watermark import ReaderWatermarkProvider
 
-__all__ = ["ReadFromKafka", "KafkaLogTruncatedError"]
+__all__ = ["ReadFromKafka", "KafkaBrokerOutageError", "KafkaLogTruncatedError"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -142,6 +146,14 @@ class _PartitionConsumer:
     def end_offset(self) -> int:
         """The partition's high watermark as of the last fetch (no broker round trip)."""
         return self.consumer.get_watermark_offsets(self.tp, cached=True)[1]
+
+    def broker_answers(self) -> bool:
+        """Whether the partition's leader answers a request now (one round trip, 1 s at most)."""
+        try:
+            self.consumer.get_watermark_offsets(self.tp, timeout=1.0, cached=False)
+        except KafkaException:
+            return False
+        return True
 
     def app_position(self) -> int:
         """Offset after the last message handed out (skips transaction markers, unlike offsets)."""
@@ -279,11 +291,13 @@ class _ReaderSettings:
         self.consumer_factory = consumer_factory
         self.timeout_s = timeout_s
 
-    def new_consumer(self):
+    def new_consumer(self, error_cb: Callable[[KafkaError], None] | None = None):
         settings = self.config.consumer_dict()
         settings.update(_READER_SETTINGS)
         settings["group.id"] = self.group_id or settings.get("group.id") or _NO_GROUP
         settings["logger"] = _LOGGER  # librdkafka's own messages through Python logging
+        if error_cb is not None:
+            settings["error_cb"] = error_cb
         return (self.consumer_factory or Consumer)(settings)
 
 
@@ -323,6 +337,7 @@ class _ReadPartitionsFn(beam.DoFn):
         self._committer = None
         self._lister = None  # lists partitions for a PartitionWatch
         self._committed: dict[tuple[str, int], int] = {}
+        self._outage = OutageWatch()
 
     def teardown(self) -> None:
         for reader in self._consumers.values():
@@ -348,7 +363,8 @@ class _ReadPartitionsFn(beam.DoFn):
         key = (topic, partition)
         reader = self._consumers.pop(key, None)
         if reader is None:
-            reader = _PartitionConsumer(self._reader.new_consumer(), topic, partition)
+            consumer = self._reader.new_consumer(error_cb=self._outage.on_error)
+            reader = _PartitionConsumer(consumer, topic, partition)
             if len(self._consumers) >= _MAX_CACHED_CONSUMERS:
                 _, oldest = self._consumers.popitem(last=False)
                 oldest.close()
@@ -379,6 +395,8 @@ class _ReadPartitionsFn(beam.DoFn):
                 done = True
                 break
             messages = reader.poll(self._batch_size, self._poll_timeout_s, drain=self._drain)
+            if self._outage.seen and (messages or reader.broker_answers()):
+                raise self._outage.error()  # unemitted messages are re-read after the restart
             if not messages:
                 self._check_truncation(plan, reader, next_offset)
                 if self._caught_up(plan, reader, next_offset, stop, watermark):
@@ -487,18 +505,22 @@ class _ReadPartitionsFn(beam.DoFn):
     def _commit(self, topic: str, partition: int, offset: int, *, rewind: bool = False) -> None:
         """Bundle finalizer: the bundle's output is durable, so its offsets may be committed.
 
-        ``rewind`` commits below what was committed (after a log truncation).
+        ``rewind`` commits below what was committed (after a log truncation). Nothing is
+        committed after a broker outage until the read restarts (see ``broker_outage``).
         """
         key = (topic, partition)
         if offset <= self._committed.get(key, -1) and not rewind:
             return  # a later bundle already committed further (finalizers may run out of order)
+        if self._outage.seen:
+            return
         if self._committer is None:
-            self._committer = self._reader.new_consumer()
+            self._committer = self._reader.new_consumer(error_cb=self._outage.on_error)
         try:
             self._committer.commit(
                 offsets=[TopicPartition(topic, partition, offset)], asynchronous=False
             )
         except KafkaException as err:
+            self._outage.on_commit_error(err)
             _LOGGER.warning(
                 "Commit of %s[%d]@%d failed (records will be re-read after a restart): %s",
                 topic,

@@ -35,9 +35,7 @@ from tiny_anomaly_model import CREDITCARD_FEATURES, write_model
 from transforms.decoding.schema import bundled_schema_path
 from transforms.kafka.config import LOCAL_BROKER_SETTINGS
 
-# Out of CI for now: 1 of ~9 runs lost a few held events (31 of 15,182) after the restart; see
-# docs/faults.md. Run it with `scripts/test.sh -m by_hand tests/integration/faults`.
-pytestmark = [pytest.mark.integration, pytest.mark.by_hand]
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[3]
 STACK = REPO / "scripts" / "stack.sh"
@@ -220,14 +218,14 @@ def test_the_scorer_resumes_after_a_broker_restart_and_loses_nothing(broker, tmp
                     os.killpg(scorer.pid, signal.SIGKILL)
                     scorer.wait(10)
     text = log_path.read_text(errors="replace")
-    # Most runs hit the real fatal producer error (the broker forgot the idempotent producer's
-    # sequence numbers); when it happens it must have been handled by a restart from the
-    # committed offsets. Whether it happens depends on what was in flight when the broker
-    # stopped; tests/unit/kafka/test_write_to_kafka.py covers the handling deterministically.
-    fatal = "failed fatally" in text
-    print(f"fatal producer error in this run: {fatal}")  # noqa: T201 - shown with pytest -s
-    if fatal:
-        assert "restarting from the committed offsets" in text, _tail(log_path)
+    # The outage itself makes the reader restart the run from the committed offsets (the
+    # broker may have lost outputs it had acknowledged: transforms/kafka/broker_outage.py).
+    # Most runs also hit the real fatal producer error (the broker forgot the idempotent
+    # producer's sequence numbers), which restarts it too, depending on what was in flight;
+    # the unit tests of the reader and the writer cover both deterministically.
+    assert "restarting from the committed offsets" in text, _tail(log_path)
+    causes = [name for name in ("Kafka brokers were unreachable", "failed fatally") if name in text]
+    print(f"restarted after: {causes}")  # noqa: T201 - shown with pytest -s
 
 
 def _tail(path: Path, chars: int = 4000) -> str:

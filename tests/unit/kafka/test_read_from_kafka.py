@@ -34,6 +34,8 @@ from transforms.kafka.partition_plan import (
     plan_partitions,
 )
 from transforms.kafka.reader import (
+    KafkaBrokerOutageError,
+    KafkaLogTruncatedError,
     ReadFromKafka,
     _PartitionConsumer,
     _ReaderSettings,
@@ -96,10 +98,17 @@ class FakeCluster:
         self.commit_calls: list[tuple[str, str, int, int]] = []
         self.reachable = True
         self.open_consumers = 0
+        self.error_callbacks: list = []
         _CLUSTERS[name] = self
 
     def factory(self):
         return functools.partial(FakeConsumer, self.name)
+
+    def go_down(self) -> None:
+        """Every broker stops: consumers hear it through their ``error_cb``, as librdkafka's."""
+        self.reachable = False
+        for callback in self.error_callbacks:
+            callback(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
 
 
 class FakeConsumer:
@@ -109,6 +118,8 @@ class FakeConsumer:
         self._assigned: tuple[str, int] | None = None
         self._position = OFFSET_INVALID
         self._cluster.open_consumers += 1
+        if "error_cb" in settings:
+            self._cluster.error_callbacks.append(settings["error_cb"])
 
     def _check(self):
         if not self._cluster.reachable:
@@ -125,7 +136,8 @@ class FakeConsumer:
         return md
 
     def get_watermark_offsets(self, tp, timeout=None, cached=False):
-        self._check()
+        if not cached:
+            self._check()
         log = self._cluster.topics[tp.topic][tp.partition]
         return (log[0].offset() if log else 0, log[-1].offset() + 1 if log else 0)
 
@@ -155,6 +167,8 @@ class FakeConsumer:
         self._position = tp.offset
 
     def consume(self, num_messages, timeout):
+        if not self._cluster.reachable:
+            return []
         topic, partition = self._assigned
         batch = [m for m in self._cluster.topics[topic][partition] if m.offset() >= self._position][
             :num_messages
@@ -167,6 +181,7 @@ class FakeConsumer:
         return [TopicPartition(tps[0].topic, tps[0].partition, self._position)]
 
     def commit(self, offsets, asynchronous):
+        self._check()
         for tp in offsets:
             self._cluster.committed[(self._group, tp.topic, tp.partition)] = tp.offset
             self._cluster.commit_calls.append((self._group, tp.topic, tp.partition, tp.offset))
@@ -577,6 +592,71 @@ def test_a_failed_bundle_is_re_read_from_its_start(cluster):
     outputs.close()  # the bundle failed downstream: the runner retries the same restriction
     retried, _, _, _ = _process(fn, plan, restriction)
     assert _offsets(retried) == list(range(20))
+
+
+def _read_live(cluster, fn, partition, restriction):
+    plan = PartitionPlan("events", partition, 0, UNBOUNDED_OFFSET, end_offset_at_launch=20)
+    return _process(fn, plan, restriction)
+
+
+def test_after_a_broker_outage_commits_wait_and_the_read_fails_once_the_broker_is_back(cluster):
+    """The broker may have lost outputs acknowledged before it went down (see broker_outage):
+    no offset may be committed past them, and the read restarts from the group's offsets."""
+    fn = _read_fn(cluster)
+    outputs, tracker, _, finalizer = _read_live(
+        cluster, fn, 0, PartitionOffsetRange(0, UNBOUNDED_OFFSET, "events", 0)
+    )
+    assert _offsets(outputs) == list(range(20))
+    residual = tracker.deferred_status()[0]
+    cluster.go_down()
+    finalizer.finalize_bundle()  # the bundle's outputs were acknowledged just before the outage
+    assert cluster.committed == {}
+
+    # While the broker is away the read waits (nothing emitted, nothing raised).
+    outputs, tracker, _, _ = _read_live(cluster, fn, 0, residual)
+    assert outputs == [] and tracker.deferred_status()[0] == residual
+
+    cluster.reachable = True
+    cluster.topics["events"][0].extend(_log("events", 1, 25)[0][20:])
+    with pytest.raises(KafkaBrokerOutageError, match="restarts from the consumer group"):
+        _read_live(cluster, fn, 0, residual)
+    assert cluster.committed == {}  # a restart reads offsets 0..24 again: duplicates, no gap
+
+    # A runner that retries the bundle instead (Dataflow) goes on, and commits again.
+    outputs, _, _, finalizer = _read_live(cluster, fn, 0, residual)
+    assert _offsets(outputs) == [20, 21, 22, 23, 24]
+    finalizer.finalize_bundle()
+    assert cluster.committed == {("g", "events", 0): 25}
+    fn.teardown()
+
+
+def test_a_commit_that_finds_no_broker_also_holds_commits_until_the_restart(cluster):
+    fn = _read_fn(cluster)
+    outputs, tracker, _, finalizer = _read_live(
+        cluster, fn, 1, PartitionOffsetRange(0, UNBOUNDED_OFFSET, "events", 1)
+    )
+    cluster.reachable = False  # the partition consumers have not polled since
+    finalizer.finalize_bundle()
+    cluster.reachable = True
+    with pytest.raises(KafkaBrokerOutageError, match="a commit failed"):
+        _read_live(cluster, fn, 1, tracker.deferred_status()[0])
+    assert cluster.committed == {}
+    fn.teardown()
+
+
+def test_a_log_that_ends_below_the_position_rewinds_the_group_and_fails(cluster):
+    """A restarted broker that lost records gives their offsets to new ones: read them."""
+    fn = _read_fn(cluster)
+    outputs, tracker, _, finalizer = _read_live(
+        cluster, fn, 2, PartitionOffsetRange(0, UNBOUNDED_OFFSET, "events", 2)
+    )
+    finalizer.finalize_bundle()
+    assert cluster.committed == {("g", "events", 2): 20}
+    del cluster.topics["events"][2][12:]  # the broker kept offsets 0..11 only
+    with pytest.raises(KafkaLogTruncatedError, match="ends at offset 12"):
+        _read_live(cluster, fn, 2, tracker.deferred_status()[0])
+    assert cluster.committed == {("g", "events", 2): 12}
+    fn.teardown()
 
 
 class _ErrorMessage:
