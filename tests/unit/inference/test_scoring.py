@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import pickle
 import random
 
 import apache_beam as beam
@@ -23,6 +24,7 @@ from transforms.inference.model_handler import SavedModelHandler, Score, Verdict
 from transforms.inference.scoring import (
     METRICS_NAMESPACE,
     Prediction,
+    PredictionJson,
     ScoredBatch,
     ScoredBatchCoder,
     ScoreEvents,
@@ -232,6 +234,21 @@ def test_prediction_json() -> None:
         1e-07,
         't"x',
     )
+
+
+def test_prediction_json_writes_the_chosen_fields_in_their_order_and_survives_pickling():
+    prediction = Prediction(b"card-\xff", "e1", 0.25, True, 1.0, 2, "t0", "t1", "tx", 1, 7)
+    lean = pickle.loads(pickle.dumps(PredictionJson(["score", "event_id", "is_anomaly"])))
+    assert lean(prediction) == b'{"score":0.25,"event_id":"e1","is_anomaly":true}'
+    assert PredictionJson(["key"])(prediction) == b'{"key":"card-\\\\xff"}'
+    assert PredictionJson(["key"])(prediction._replace(key=None)) == b'{"key":null}'
+    assert PredictionJson()(prediction) == prediction.to_json()
+
+
+@pytest.mark.parametrize("fields", [[], ["score", "nope"], ["score", "score"]])
+def test_prediction_json_refuses_unknown_empty_or_repeated_fields(fields):
+    with pytest.raises(ValueError, match="prediction fields must be distinct names among key,"):
+        PredictionJson(fields)
 
 
 def _batches(fn: _BatchWithinBundleFn, elements: list[int]) -> list[list[int]]:
