@@ -14,7 +14,9 @@ with the last error, so a supervisor above (systemd, Kubernetes) sees a non-zero
 of a loop.
 
 On a local runner it also keeps the :class:`~pipelines.common.watchdog.Watchdog` (progress
-lines, exit on a stall) running across restarts; elsewhere the runner's own monitoring applies.
+lines, exit on a stall) running across restarts, and keeps the runner's per-bundle metrics from
+growing without bound (:mod:`pipelines.common.bundle_metrics`); elsewhere the runner's own
+monitoring applies.
 
 Usage (a pipeline's ``run()``)::
 
@@ -35,6 +37,7 @@ import apache_beam as beam
 import confluent_kafka
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines.common import bundle_metrics
 from pipelines.common.options import OptionError
 from pipelines.common.watchdog import Watchdog
 from transforms.kafka.config import KafkaConfigError
@@ -131,6 +134,8 @@ def run_pipeline(
     a local stream exhausts its restarts or any other runner fails.
     """
     local = _runs_locally(options)
+    if local:
+        bundle_metrics.install()
     if watchdog is not None and local:
         watchdog.start()
     try:
