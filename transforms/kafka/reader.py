@@ -380,21 +380,26 @@ class _ReadPartitionsFn(beam.DoFn):
         finalizer,
         budget_s: float | None = None,
     ) -> Iterator:
-        """Read one partition for up to ``budget_s`` (``max_process_s``), then checkpoint."""
+        """Read one partition for up to ``budget_s`` (``max_process_s``), then checkpoint.
+
+        A live (drain) read also ends the partition's turn once the records already fetched are
+        taken: waiting for more would keep the other partitions' fetched records waiting.
+        """
         start = tracker.current_restriction().start
         reader = self._consumer(plan.topic, plan.partition)
         reader.position_at(start)
         next_offset = start
         plan_stop = plan.stop_offset  # the restriction's own stop shrinks when it checkpoints
         deadline = time.monotonic() + (self._max_process_s if budget_s is None else budget_s)
-        done = False
+        done = emitted = False
         while True:
             stop = tracker.current_restriction().stop
             if next_offset >= stop:
                 tracker.try_claim(stop)  # marks the range done
                 done = True
                 break
-            messages = reader.poll(self._batch_size, self._poll_timeout_s, drain=self._drain)
+            wait_s = 0.0 if emitted and self._drain else self._poll_timeout_s
+            messages = reader.poll(self._batch_size, wait_s, drain=self._drain)
             if self._outage.seen and (messages or reader.broker_answers()):
                 raise self._outage.error()  # unemitted messages are re-read after the restart
             if not messages:
@@ -402,6 +407,9 @@ class _ReadPartitionsFn(beam.DoFn):
                 if self._caught_up(plan, reader, next_offset, stop, watermark):
                     tracker.try_claim(stop)
                     done = True
+                    break
+                if emitted and self._drain:
+                    tracker.defer_remainder()  # drained: the next partition's turn
                     break
                 if _known_to_exist(plan, reader, next_offset) and time.monotonic() < deadline:
                     continue  # a new consumer's first fetch is not back yet: wait, not defer
@@ -425,6 +433,7 @@ class _ReadPartitionsFn(beam.DoFn):
                 # young-generation passes they would be promoted and bring on full collections.
                 del messages, batch, sample
                 yield WindowedValue(records, Timestamp(micros=earliest * 1000), windows)
+                emitted = True
             if ended:
                 tracker.try_claim(stop)  # done; the messages past the stop are dropped
                 done = True

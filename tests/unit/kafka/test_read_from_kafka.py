@@ -562,6 +562,22 @@ def test_unbounded_read_checkpoints_advances_idle_watermark_and_commits_on_final
     fn.teardown()
 
 
+def test_a_live_partition_hands_over_once_drained_and_an_idle_one_waits_a_poll(cluster):
+    """Latency: a partition whose fetched records are all taken ends its turn at once (the
+    other partitions' records wait otherwise); one with nothing new waits a poll timeout."""
+    fn = _read_fn(cluster)
+    plan = PartitionPlan("events", 0, 0, UNBOUNDED_OFFSET, end_offset_at_launch=20)
+    outputs, tracker, _, _ = _process(
+        fn, plan, PartitionOffsetRange(0, UNBOUNDED_OFFSET, "events", 0)
+    )
+    assert _offsets(outputs) == list(range(20))
+    residual, delay = tracker.deferred_status()
+    assert delay == Duration(0)
+    outputs, tracker, _, _ = _process(fn, plan, residual)
+    assert outputs == [] and tracker.deferred_status()[1] > Duration(0)
+    fn.teardown()
+
+
 def test_pending_stop_time_ends_the_partition_once_caught_up(cluster):
     fn = _read_fn(cluster, group=None)
     plan = PartitionPlan("events", 1, 0, UNBOUNDED_OFFSET, 20, stop_timestamp_ms=2_000_000)
