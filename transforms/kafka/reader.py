@@ -337,6 +337,8 @@ class _ReadPartitionsFn(beam.DoFn):
         self._committer = None
         self._lister = None  # lists partitions for a PartitionWatch
         self._committed: dict[tuple[str, int], int] = {}
+        self._staged_for: Any = None  # the bundle finalizer that commits ``_staged``
+        self._staged: dict[tuple[str, int], int] = {}
         self._outage = OutageWatch()
 
     def teardown(self) -> None:
@@ -453,9 +455,7 @@ class _ReadPartitionsFn(beam.DoFn):
             del self._consumers[(plan.topic, plan.partition)]
             reader.close()
         if next_offset > start and self._commit_offsets:
-            finalizer.register(
-                functools.partial(self._commit, plan.topic, plan.partition, next_offset)
-            )
+            self._stage_commit(finalizer, plan.topic, plan.partition, next_offset)
 
     @staticmethod
     def _cut(
@@ -511,35 +511,51 @@ class _ReadPartitionsFn(beam.DoFn):
             return idle_mark.micros >= plan.stop_timestamp_ms * 1000
         return False
 
+    def _stage_commit(self, finalizer, topic: str, partition: int, offset: int) -> None:
+        """Commit ``offset`` when the bundle is finalized, in one request with the bundle's
+        other partitions (a synchronous commit per partition made each live bundle longer)."""
+        # Runners reuse one finalizer object per DoFn, emptied after each bundle's finalization.
+        if self._staged_for is not finalizer or not finalizer.has_callbacks():
+            self._staged_for, self._staged = finalizer, {}
+            finalizer.register(functools.partial(self._commit_offsets_of, self._staged))
+        self._staged[(topic, partition)] = offset
+
     def _commit(self, topic: str, partition: int, offset: int, *, rewind: bool = False) -> None:
+        """Commit one partition's offset (``rewind``: below what was committed, after a log
+        truncation)."""
+        self._commit_offsets_of({(topic, partition): offset}, rewind=rewind)
+
+    def _commit_offsets_of(self, offsets: dict[tuple[str, int], int], rewind: bool = False) -> None:
         """Bundle finalizer: the bundle's output is durable, so its offsets may be committed.
 
-        ``rewind`` commits below what was committed (after a log truncation). Nothing is
-        committed after a broker outage until the read restarts (see ``broker_outage``).
+        Nothing is committed after a broker outage until the read restarts (``broker_outage``).
         """
-        key = (topic, partition)
-        if offset <= self._committed.get(key, -1) and not rewind:
-            return  # a later bundle already committed further (finalizers may run out of order)
-        if self._outage.seen:
+        due = {
+            key: offset
+            for key, offset in offsets.items()
+            # a later bundle may have committed further (finalizers may run out of order)
+            if rewind or offset > self._committed.get(key, -1)
+        }
+        if not due or self._outage.seen:
             return
         if self._committer is None:
             self._committer = self._reader.new_consumer(error_cb=self._outage.on_error)
         try:
             self._committer.commit(
-                offsets=[TopicPartition(topic, partition, offset)], asynchronous=False
+                offsets=[TopicPartition(t, p, offset) for (t, p), offset in due.items()],
+                asynchronous=False,
             )
         except KafkaException as err:
             self._outage.on_commit_error(err)
             _LOGGER.warning(
-                "Commit of %s[%d]@%d failed (records will be re-read after a restart): %s",
-                topic,
-                partition,
-                offset,
+                "Commit of %s failed (records will be re-read after a restart): %s",
+                ", ".join(f"{t}[{p}]@{offset}" for (t, p), offset in due.items()),
                 err,
             )
             return
-        self._committed[key] = offset
-        progress.record_commit(topic, partition, offset)
+        for (topic, partition), offset in due.items():
+            self._committed[(topic, partition)] = offset
+            progress.record_commit(topic, partition, offset)
 
 
 class KafkaLogTruncatedError(RuntimeError):

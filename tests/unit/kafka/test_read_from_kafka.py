@@ -96,6 +96,7 @@ class FakeCluster:
         self.topics = topics
         self.committed: dict[tuple[str, str, int], int] = {}
         self.commit_calls: list[tuple[str, str, int, int]] = []
+        self.commit_requests = 0
         self.reachable = True
         self.open_consumers = 0
         self.error_callbacks: list = []
@@ -182,6 +183,7 @@ class FakeConsumer:
 
     def commit(self, offsets, asynchronous):
         self._check()
+        self._cluster.commit_requests += 1
         for tp in offsets:
             self._cluster.committed[(self._group, tp.topic, tp.partition)] = tp.offset
             self._cluster.commit_calls.append((self._group, tp.topic, tp.partition, tp.offset))
@@ -575,6 +577,36 @@ def test_a_live_partition_hands_over_once_drained_and_an_idle_one_waits_a_poll(c
     assert delay == Duration(0)
     outputs, tracker, _, _ = _process(fn, plan, residual)
     assert outputs == [] and tracker.deferred_status()[1] > Duration(0)
+    fn.teardown()
+
+
+def test_a_bundle_commits_all_its_partitions_in_one_request_and_each_bundle_its_own(cluster):
+    """Runners reuse one finalizer per DoFn and empty it after each bundle's finalization."""
+    fn = _read_fn(cluster)
+    finalizer = beam.DoFn.BundleFinalizerParam()
+    for end in (20, 25):
+        for partition in range(3):
+            plan = PartitionPlan("events", partition, 0, UNBOUNDED_OFFSET, 20)
+            start = 0 if end == 20 else 20
+            tracker = ThreadsafeRestrictionTracker(
+                KafkaOffsetTracker(
+                    PartitionOffsetRange(start, UNBOUNDED_OFFSET, "events", partition),
+                    PartitionBacklog(),
+                )
+            )
+            estimator = ThreadsafeWatermarkEstimator(KafkaWatermarkEstimator(None))
+            list(
+                fn.process(
+                    plan, GlobalWindow(), finalizer, RestrictionTrackerView(tracker), estimator
+                )
+            )
+        requests = cluster.commit_requests
+        finalizer.finalize_bundle()
+        finalizer.reset()
+        assert cluster.commit_requests == requests + 1
+        assert cluster.committed == {("g", "events", p): end for p in range(3)}
+        for partition in range(3):
+            cluster.topics["events"][partition].extend(_log("events", 3, 25)[partition][20:])
     fn.teardown()
 
 
