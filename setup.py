@@ -23,6 +23,7 @@ RUNTIME = [
     "matplotlib>=3.8,<4",
     "tqdm>=4.66,<5",
     "tensorboard==2.21.0",  # the trainer's TensorBoard logs (Keras callback)
+    "prometheus-client==0.26.0",  # --metricsPort (pipelines/common/metrics_server.py)
 ]
 
 DEV = [
