@@ -14,7 +14,9 @@ with the last error, so a supervisor above (systemd, Kubernetes) sees a non-zero
 of a loop.
 
 On a local runner it also keeps the :class:`~pipelines.common.watchdog.Watchdog` (progress
-lines, exit on a stall) running across restarts; elsewhere the runner's own monitoring applies.
+lines, exit on a stall) and the Prometheus endpoint
+(:class:`~pipelines.common.metrics_server.MetricsServer`) running across restarts; elsewhere the
+runner's own monitoring applies.
 
 Usage (a pipeline's ``run()``)::
 
@@ -35,6 +37,7 @@ import apache_beam as beam
 import confluent_kafka
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines.common.metrics_server import MetricsServer
 from pipelines.common.options import OptionError
 from pipelines.common.watchdog import Watchdog
 from transforms.kafka.config import KafkaConfigError
@@ -122,6 +125,7 @@ def run_pipeline(
     *,
     name: str,
     watchdog: Watchdog | None = None,
+    metrics: MetricsServer | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
@@ -131,6 +135,8 @@ def run_pipeline(
     a local stream exhausts its restarts or any other runner fails.
     """
     local = _runs_locally(options)
+    if metrics is not None and local:
+        metrics.start()
     if watchdog is not None and local:
         watchdog.start()
     try:
@@ -145,6 +151,8 @@ def run_pipeline(
     finally:
         if watchdog is not None:
             watchdog.stop()
+        if metrics is not None:
+            metrics.stop()
 
 
 def _run_with_restarts(
