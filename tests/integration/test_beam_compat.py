@@ -206,3 +206,21 @@ def test_commit_offset_in_finalize_commits_the_group_offsets(
     finally:
         consumer.close()
     assert [tp.offset for tp in committed] == ends
+
+
+def test_max_read_time_ends_the_read_and_redistribute_keeps_every_record(
+    kafka_bootstrap, topic_factory
+):
+    topic = topic_factory(partitions=2)
+    _produce(kafka_bootstrap, topic, [(None, f"{i}".encode(), None) for i in range(12)])
+    with test_pipeline.TestPipeline() as p:  # ends by itself: max_read_time bounds the read
+        read = p | beam_compat.ReadFromKafka(
+            consumer_config={"bootstrap.servers": kafka_bootstrap, "auto.offset.reset": "earliest"},
+            topics=[topic],
+            max_read_time=2,
+            redistribute=True,
+            redistribute_num_keys=4,
+        )
+        assert_that(
+            read | beam.Map(lambda kv: kv[1]), equal_to([f"{i}".encode() for i in range(12)])
+        )
