@@ -23,6 +23,12 @@ RUNTIME = [
     "matplotlib>=3.8,<4",
     "tqdm>=4.66,<5",
     "tensorboard==2.21.0",  # the trainer's TensorBoard logs (Keras callback)
+    "prometheus-client==0.26.0",  # --metricsPort (pipelines/common/metrics_server.py)
+    # Beam YAML (pipelines/yaml/): what apache-beam[yaml] adds that `python -m
+    # apache_beam.yaml.main` needs, without that extra's pandas<2.4 (the stack runs pandas 3).
+    "jinja2>=3.0,<3.2",
+    "jsonschema>=4.0,<5",
+    "docstring-parser>=0.15,<1.0",
 ]
 
 DEV = [

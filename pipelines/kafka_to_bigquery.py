@@ -25,6 +25,7 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
+from pipelines.common.metrics_server import metrics_server_from_options
 from pipelines.common.options import Option, OptionError, options_class
 from pipelines.common.row_source import ROW_SOURCE, TABLE_SPEC_REGEX, RowSource
 from pipelines.common.supervisor import run_pipeline
@@ -185,6 +186,7 @@ def run(argv: Sequence[str] | None = None) -> None:
         options,
         name="kafka_to_bigquery",
         watchdog=watchdog_from_options(source.values),
+        metrics=metrics_server_from_options(source.values),
     )
 
 

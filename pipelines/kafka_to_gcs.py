@@ -31,6 +31,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.common.metrics_server import metrics_server_from_options
 from pipelines.common.options import Option, OptionError, options_class
 from pipelines.common.row_source import ROW_SOURCE, RowSource
 from pipelines.common.supervisor import run_pipeline
@@ -223,6 +224,7 @@ def run(argv: Sequence[str] | None = None) -> None:
         options,
         name="kafka_to_gcs",
         watchdog=watchdog_from_options(source.values),
+        metrics=metrics_server_from_options(source.values),
     )
 
 

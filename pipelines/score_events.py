@@ -33,6 +33,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.common.metrics_server import metrics_server_from_options
 from pipelines.common.options import (
     Option,
     OptionError,
@@ -281,6 +282,7 @@ def run(argv: Sequence[str] | None = None) -> None:
         opts,
         name="score_events",
         watchdog=watchdog_from_options(values),
+        metrics=metrics_server_from_options(values),
     )
 
 

@@ -9,7 +9,10 @@ notice a stall.
 Why not Beam metrics: the local runners only hand them out when the pipeline ends, and a stalled
 pipeline never ends. This registry is per process: on Dataflow (or with the local runner's
 ``multi_processing`` mode) each worker process has its own, holding only what that process read
-and wrote; Beam metrics remain the job-wide view.
+and wrote. So every counter added here is also a Beam counter (namespace
+:data:`METRICS_NAMESPACE`, same name) and each partition's lag a Beam gauge (``lag.<topic>.<n>``):
+the job-wide view on Dataflow. Locally, :mod:`pipelines.common.metrics_server` serves the
+registry to Prometheus while the pipeline runs.
 
 Cheap on the hot path: each call takes one lock, and callers call once per polled batch or
 written list, never per record.
@@ -31,10 +34,15 @@ import time
 import types
 from collections.abc import Callable, Mapping
 
+from apache_beam.metrics import Metrics
+
 __all__ = [
     "CONSUMED",
     "WRITTEN",
     "DEAD_LETTERS",
+    "PREDICTIONS",
+    "ALERTS",
+    "METRICS_NAMESPACE",
     "PartitionProgress",
     "ProgressSnapshot",
     "ProgressRegistry",
@@ -52,6 +60,13 @@ CONSUMED = "consumed"
 WRITTEN = "written"
 #: Records routed to a dead-letter output.
 DEAD_LETTERS = "dead_letters"
+#: Events the model scored.
+PREDICTIONS = "predictions"
+#: Scored events flagged as anomalies (also counted in :data:`PREDICTIONS`).
+ALERTS = "alerts"
+
+#: Namespace of the Beam metrics that mirror the registry.
+METRICS_NAMESPACE = "kafka_beam_ml.progress"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,15 +228,41 @@ class ProgressRegistry:
 #: The process's registry, fed by the reader and the sinks.
 REGISTRY = ProgressRegistry()
 
+# Beam metric handles by name; they resolve the running step's container when used (no-ops
+# outside a step), so one handle serves every step and thread.
+_BEAM_COUNTERS: dict[str, object] = {}
+_BEAM_LAG_GAUGES: dict[tuple[str, int], list] = {}  # [gauge, monotonic time of its last set]
+_LAG_GAUGE_INTERVAL_S = 1.0
+
 
 def add(name: str, n: int = 1) -> None:
-    """Add ``n`` to counter ``name`` of the process's registry (:meth:`ProgressRegistry.add`)."""
+    """Add ``n`` to counter ``name`` of the process's registry (:meth:`ProgressRegistry.add`)
+    and to the Beam counter of the same name."""
     REGISTRY.add(name, n)
+    if n > 0:
+        counter = _BEAM_COUNTERS.get(name)
+        if counter is None:
+            counter = _BEAM_COUNTERS[name] = Metrics.counter(METRICS_NAMESPACE, name)
+        counter.inc(n)
 
 
 def record_position(topic: str, partition: int, next_offset: int, end_offset: int | None) -> None:
-    """See :meth:`ProgressRegistry.record_position`."""
+    """See :meth:`ProgressRegistry.record_position`; a known lag also sets the Beam gauge
+    ``lag.<topic>.<partition>``, at most every :data:`_LAG_GAUGE_INTERVAL_S` unless it is 0
+    (setting a Beam gauge costs ~11 µs, three times the registry's own bookkeeping)."""
     REGISTRY.record_position(topic, partition, next_offset, end_offset)
+    if end_offset is None or end_offset < 0:
+        return
+    lag = max(0, end_offset - next_offset)
+    now = time.monotonic()
+    entry = _BEAM_LAG_GAUGES.get((topic, partition))
+    if entry is None:
+        gauge = Metrics.gauge(METRICS_NAMESPACE, f"lag.{topic}.{partition}")
+        entry = _BEAM_LAG_GAUGES[(topic, partition)] = [gauge, now]
+    elif lag and now - entry[1] < _LAG_GAUGE_INTERVAL_S:
+        return
+    entry[0].set(lag)
+    entry[1] = now
 
 
 def record_commit(topic: str, partition: int, offset: int) -> None:

@@ -258,6 +258,25 @@ KAFKA_SOURCE: tuple[Option, ...] = (
         regexes=(r"0|[1-9][0-9]{0,5}",),
         example="300",
     ),
+    Option(
+        "metricsPort",
+        "Prometheus metrics port",
+        "Serve the progress counters (records consumed, written, dead-lettered, predictions, "
+        "alerts) and the lag per partition for Prometheus on this port at /metrics while a "
+        "local pipeline runs. Unset or 0: off. On Dataflow they are Beam metrics instead.",
+        type=int,
+        regexes=(r"0|[1-9][0-9]{0,4}",),
+        example="9464",
+    ),
+    Option(
+        "metricsHost",
+        "Prometheus metrics address",
+        "Address the metrics endpoint binds (it has no authentication): 127.0.0.1 keeps it on "
+        "this machine; 0.0.0.0 exposes it to the network.",
+        default="127.0.0.1",
+        regexes=(r"[A-Za-z0-9_.\-:]+",),
+        example="127.0.0.1",
+    ),
 )
 
 #: Where BigQuery and Cloud Storage are (``transforms.sinks.gcp_endpoints.GcpEndpoints``). The

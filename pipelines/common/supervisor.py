@@ -14,9 +14,10 @@ with the last error, so a supervisor above (systemd, Kubernetes) sees a non-zero
 of a loop.
 
 On a local runner it also keeps the :class:`~pipelines.common.watchdog.Watchdog` (progress
-lines, exit on a stall) running across restarts, and keeps the runner's per-bundle metrics from
-growing without bound (:mod:`pipelines.common.bundle_metrics`); elsewhere the runner's own
-monitoring applies.
+lines, exit on a stall) and the Prometheus endpoint
+(:class:`~pipelines.common.metrics_server.MetricsServer`) running across restarts, and keeps the
+runner's per-bundle metrics from growing without bound (:mod:`pipelines.common.bundle_metrics`);
+elsewhere the runner's own monitoring applies.
 
 Usage (a pipeline's ``run()``)::
 
@@ -38,6 +39,7 @@ import confluent_kafka
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.common import bundle_metrics
+from pipelines.common.metrics_server import MetricsServer
 from pipelines.common.options import OptionError
 from pipelines.common.watchdog import Watchdog
 from transforms.kafka.config import KafkaConfigError
@@ -125,6 +127,7 @@ def run_pipeline(
     *,
     name: str,
     watchdog: Watchdog | None = None,
+    metrics: MetricsServer | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
@@ -136,6 +139,8 @@ def run_pipeline(
     local = _runs_locally(options)
     if local:
         bundle_metrics.install()
+    if metrics is not None and local:
+        metrics.start()
     if watchdog is not None and local:
         watchdog.start()
     try:
@@ -150,6 +155,8 @@ def run_pipeline(
     finally:
         if watchdog is not None:
             watchdog.stop()
+        if metrics is not None:
+            metrics.stop()
 
 
 def _run_with_restarts(

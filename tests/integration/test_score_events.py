@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from tiny_anomaly_model import CREDITCARD_FEATURES, expected_score, write_model
 
 from pipelines.demo.synthetic_data import creditcard_transactions
 from pipelines.train import TrainResult, TrainSettings, train
+from tests.processes import stop_process_group
 from transforms.decoding.schema import bundled_schema, bundled_schema_path
 from transforms.kafka.config import LOCAL_BROKER_SETTINGS, KafkaConfig
 
@@ -163,13 +163,7 @@ class Scorer:
             return handle.read()[-4000:].decode("utf-8", "replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        stop_process_group(self.process)
         for collector in (self.predictions, self.alert_messages, self.dead_letters):
             collector.close()
         self._log.close()

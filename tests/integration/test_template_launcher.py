@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from tiny_anomaly_model import CREDITCARD_FEATURES, write_model
 
 from pipelines.demo.synthetic_data import creditcard_transactions, encode_messages
+from tests.processes import stop_process_group
 from transforms.decoding.schema import bundled_schema_path
 
 pytestmark = pytest.mark.integration
@@ -164,10 +164,4 @@ def test_launcher_runs_the_streaming_scoring_template_live(
         assert "launching template score_events (pipelines.score_events, streaming)" in log
     finally:
         consumer.close()
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
+        stop_process_group(process)

@@ -47,6 +47,7 @@ from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 from apache_beam.utils import windowed_value
 from apache_beam.utils.windowed_value import WindowedValue
 
+from transforms import progress
 from transforms.batch import Batch, BatchCoder
 from transforms.dead_letter import DEAD_LETTER_TAG, DeadLetter
 from transforms.inference.model_handler import Row, SavedModelHandler, Verdicts
@@ -368,8 +369,10 @@ class _ToPredictionsFn(beam.DoFn):
                     yield pvalue.TaggedOutput(_ALERT_TAG, output)
         if scored:
             self._predictions.inc(scored)
+            progress.add(progress.PREDICTIONS, scored)
         if alerted:
             self._alerts.inc(alerted)
+            progress.add(progress.ALERTS, alerted)
         if predictions:
             yield self._at(predictions, earliest_ms)
             if alerts:

@@ -268,3 +268,42 @@ def test_planning_shows_each_partition_s_backlog_before_its_first_poll(process_r
         30,  # what this read will take, not the whole log
         30,
     )
+
+
+def test_counters_and_lag_are_also_beam_metrics():
+    """What the registry counts inside a step is a Beam metric too (Dataflow's job-wide view)."""
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    def record(n: int) -> int:
+        progress.add(progress.PREDICTIONS, n)
+        progress.record_position("beam-metrics", n, 10, 10 + n)
+        return n
+
+    pipeline = TestPipeline()
+    _ = pipeline | beam.Create([1, 2, 3]) | beam.Map(record)
+    result = pipeline.run()
+    result.wait_until_finish()
+    metrics = result.metrics().query(MetricsFilter().with_namespace(progress.METRICS_NAMESPACE))
+    [predictions] = [c for c in metrics["counters"] if c.key.metric.name == progress.PREDICTIONS]
+    assert predictions.committed == 6
+    lags = {g.key.metric.name: g.committed.value for g in metrics["gauges"]}
+    assert lags == {"lag.beam-metrics.1": 1, "lag.beam-metrics.2": 2, "lag.beam-metrics.3": 3}
+
+
+def test_the_lag_gauge_is_set_at_most_once_a_second_unless_caught_up():
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    def record(lags: tuple[int, ...]) -> None:
+        for lag in lags:
+            progress.record_position("gauge-throttle", len(lags), 100, 100 + lag)
+
+    pipeline = TestPipeline()
+    _ = pipeline | beam.Create([(7, 5), (7, 5, 0)]) | beam.Map(record)
+    result = pipeline.run()
+    result.wait_until_finish()
+    metrics = result.metrics().query(MetricsFilter().with_namespace(progress.METRICS_NAMESPACE))
+    lags = {g.key.metric.name: g.committed.value for g in metrics["gauges"]}
+    assert lags["lag.gauge-throttle.2"] == 7  # the second set came within the interval
+    assert lags["lag.gauge-throttle.3"] == 0  # caught up: always set
