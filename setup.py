@@ -25,7 +25,12 @@ RUNTIME = [
     "tensorboard==2.21.0",  # the trainer's TensorBoard logs (Keras callback)
 ]
 
+# The DaskRunner's engine (``pip install kafka-beam-ml[dask]``; docs/scaling.md). Beam 2.77's own
+# [dask] extra asks only for >= 2024.4.2; these are the versions tested here.
+DASK = ["dask==2026.8.0", "distributed==2026.8.0"]
+
 DEV = [
+    *DASK,
     "pytest>=8,<10",
     "pytest-timeout==2.4.0",
     "ruff>=0.6",
@@ -41,5 +46,5 @@ setup(
     packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*"]),
     package_data={"transforms.decoding": ["schemas/*.json", "schemas/*.avsc"]},
     install_requires=RUNTIME,
-    extras_require={"dev": DEV},
+    extras_require={"dev": DEV, "dask": DASK},
 )
