@@ -13,13 +13,22 @@ DaskRunner fails while translating one). A bounded read instead:
 3. creates the units, reshuffles them, and reads each with a plain DoFn (the streaming reader's
    polling, cutting and truncation checks, in a loop instead of checkpoints), so one partition's
    backlog is read by as many workers as it has units;
-4. commits: each finished unit emits a marker; a ``GroupByKey`` per partition collects them once
-   every unit's output has been handed to the runner, and the group's offset is moved to the end
-   of the **contiguous run of finished units from the planned start**. Units finish out of order
-   on many workers; a unit done past an unfinished one is not committed (Kafka keeps one offset
-   per partition). In a batch job every unit finishes or the job fails, so "committed" means:
-   the job read the whole planned range of that partition and its runner has all the records;
-   a failed job commits nothing, and a re-run re-reads (at least once).
+4. commits, at least once, never past a record whose output is not durable. Kafka keeps one
+   offset per partition, meaning "everything below was consumed", and units finish out of order
+   on many workers, so:
+
+   * when a unit's bundle is finalized (the runner holds its output durably), the unit's end is
+     committed **if the group's committed offset is exactly the unit's start**: everything
+     before it was already committed, by this run or an earlier one. So a partition's offset
+     advances unit by unit while they finish in order;
+   * a unit that finishes before an earlier one commits nothing then. Each finished unit also
+     emits a marker; a ``GroupByKey`` per partition collects them once every unit's output has
+     been handed to the runner, and the offset is set to the end of the **contiguous run of
+     finished units from the planned start** (in a batch job: the whole planned range, or the
+     job failed).
+
+   So after a failure "committed" is the end of the last unit that finished with all units
+   before it; a re-run re-reads from there, including units that had finished out of order.
 
 Records, their order within a unit, event times and ``.batched()`` batches are those of the
 splittable reader; only the split of a partition over workers differs.
@@ -28,6 +37,8 @@ Usage (``ReadFromKafka`` does this for every bounded read)::
 
     units = split_plans(plans, max_unit_records=100_000)
     batches = p | ReadWorkUnits(reader_settings, units, commit_offsets=True, **read_options)
+
+(imported by ``ReadFromKafka`` when it expands, as it subclasses the reader's DoFn.)
 """
 
 from __future__ import annotations
@@ -41,10 +52,12 @@ from collections.abc import Iterable, Iterator, Sequence
 import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange
 from apache_beam.utils.timestamp import Duration
+from confluent_kafka import KafkaException, TopicPartition
 
 from transforms import progress
 from transforms.batch import Batch
 from transforms.kafka.partition_plan import UNBOUNDED_OFFSET, PartitionPlan
+from transforms.kafka.reader import _ReadPartitionsFn
 
 __all__ = ["WorkUnit", "split_plans", "committable_offset", "describe_units", "ReadWorkUnits"]
 
@@ -151,36 +164,66 @@ class _NoWatermark:
         return None
 
 
-@functools.cache
-def _read_units_fn(base: type) -> type:
-    """The unit reader: ``base`` (the splittable reader's DoFn) with a plain ``process``.
+def _committed_offset(client, topic: str, partition: int, reader) -> int | None:
+    """The group's committed offset (negative: none), or None when the broker did not answer."""
+    try:
+        (committed,) = client.committed(
+            [TopicPartition(topic, partition)], timeout=reader.timeout_s
+        )
+    except KafkaException as err:
+        _LOGGER.warning("Committed-offset lookup of %s[%d] failed: %s", topic, partition, err)
+        return None
+    return committed.offset
 
-    Built from the reader's class so both share one read loop; a subclass whose ``process`` has
-    no restriction parameter is an ordinary DoFn to Beam.
+
+class _ReadUnitsFn(_ReadPartitionsFn):
+    """The unit reader: the splittable reader's DoFn with a plain ``process``.
+
+    A subclass, so both share one read loop; its ``process`` has no restriction parameter, which
+    makes it an ordinary DoFn to Beam.
     """
 
-    class _ReadUnitsFn(base):
-        def process(self, unit: WorkUnit, window=beam.DoFn.WindowParam) -> Iterator:
-            plan = unit.plan
-            tracker = _UnitTracker(plan.start_offset, plan.stop_offset)
-            watermark = _NoWatermark()
-            progress.record_position(
-                plan.topic,
-                plan.partition,
-                plan.start_offset,
-                min(plan.end_offset_at_launch, plan.stop_offset),
-            )
-            while True:
-                yield from self._read(plan, (window,), tracker, watermark, None, float("inf"))
-                if tracker.done:
-                    break
-                time.sleep(tracker.deferred_s or 0.0)  # records to come, or a stop time
-            key = f"{plan.topic}\x00{plan.partition}"
-            yield beam.pvalue.TaggedOutput(
-                _DONE_TAG, (key, (unit.range_start, plan.start_offset, tracker.reached()))
-            )
+    def __init__(self, reader, *, commit_units: bool, **read_options) -> None:
+        super().__init__(reader, commit_offsets=False, **read_options)
+        self._commit_units = commit_units
 
-    return _ReadUnitsFn
+    def _commit_in_order(self, unit: WorkUnit, end: int) -> None:
+        """Finalizer: commit ``end`` when the group's offset is where this unit starts (or the
+        group has none and the unit starts the planned range)."""
+        plan = unit.plan
+        if self._committer is None:
+            self._committer = self._reader.new_consumer()
+        committed = _committed_offset(self._committer, plan.topic, plan.partition, self._reader)
+        first = committed is not None and committed < 0 and plan.start_offset == unit.range_start
+        if end > plan.start_offset and (committed == plan.start_offset or first):
+            self._commit(plan.topic, plan.partition, end)
+
+    def process(
+        self,
+        unit: WorkUnit,
+        window=beam.DoFn.WindowParam,
+        finalizer=beam.DoFn.BundleFinalizerParam,
+    ) -> Iterator:
+        plan = unit.plan
+        tracker = _UnitTracker(plan.start_offset, plan.stop_offset)
+        watermark = _NoWatermark()
+        progress.record_position(
+            plan.topic,
+            plan.partition,
+            plan.start_offset,
+            min(plan.end_offset_at_launch, plan.stop_offset),
+        )
+        while True:
+            yield from self._read(plan, (window,), tracker, watermark, None, float("inf"))
+            if tracker.done:
+                break
+            time.sleep(tracker.deferred_s or 0.0)  # records to come, or a stop time
+        if self._commit_units:
+            finalizer.register(functools.partial(self._commit_in_order, unit, tracker.reached()))
+        key = f"{plan.topic}\x00{plan.partition}"
+        yield beam.pvalue.TaggedOutput(
+            _DONE_TAG, (key, (unit.range_start, plan.start_offset, tracker.reached()))
+        )
 
 
 class _CommitUnitsFn(beam.DoFn):
@@ -198,8 +241,6 @@ class _CommitUnitsFn(beam.DoFn):
             self._committer = None
 
     def process(self, element) -> Iterator[tuple[str, int, int]]:
-        from confluent_kafka import KafkaException, TopicPartition
-
         key, done = element
         topic, partition = key.rsplit("\x00", 1)
         done = list(done)
@@ -209,6 +250,8 @@ class _CommitUnitsFn(beam.DoFn):
             return
         if self._committer is None:
             self._committer = self._reader.new_consumer()
+        if _committed_offset(self._committer, topic, int(partition), self._reader) == offset:
+            return  # the units' own finalizers got there, in order
         try:
             self._committer.commit(
                 offsets=[TopicPartition(topic, int(partition), offset)], asynchronous=False
@@ -232,7 +275,6 @@ class ReadWorkUnits(beam.PTransform):
     Args:
         reader: the reader's worker settings (``transforms.kafka.reader._ReaderSettings``).
         units: from :func:`split_plans`, planned at launch.
-        read_fn: the splittable reader's DoFn class, whose read loop the units reuse.
         commit_offsets: commit the contiguous finished units to the reader's group.
         read_options: the reader DoFn's keyword arguments (batch size, poll timeout, ...).
 
@@ -245,7 +287,6 @@ class ReadWorkUnits(beam.PTransform):
         self,
         reader,
         units: Sequence[WorkUnit],
-        read_fn: type,
         *,
         commit_offsets: bool,
         **read_options,
@@ -253,13 +294,12 @@ class ReadWorkUnits(beam.PTransform):
         super().__init__()
         self._reader = reader
         self._units = list(units)
-        self._read_fn = read_fn
         self._commit = commit_offsets and reader.group_id is not None
         self._read_options = read_options
         self.commits: beam.PCollection | None = None
 
     def expand(self, pbegin):
-        fn = _read_units_fn(self._read_fn)(self._reader, commit_offsets=False, **self._read_options)
+        fn = _ReadUnitsFn(self._reader, commit_units=self._commit, **self._read_options)
         read = (
             pbegin
             | "WorkUnits" >> beam.Create(self._units, reshuffle=False)

@@ -9,18 +9,49 @@ from __future__ import annotations
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Duration
 
 from transforms.kafka.bounded_read import (
     WorkUnit,
+    _ReadUnitsFn,
     _UnitTracker,
     committable_offset,
     split_plans,
 )
-from transforms.kafka.partition_plan import UNBOUNDED_OFFSET, PartitionPlan
-from transforms.kafka.reader import ReadFromKafka
+from transforms.kafka.partition_plan import UNBOUNDED_OFFSET, PartitionPlan, plan_partitions
+from transforms.kafka.reader import ReadFromKafka, _ReaderSettings
 
 from .test_read_from_kafka import CONFIG, _log, _record, cluster  # noqa: F401 (fixture)
+
+_READ_OPTIONS = {
+    "idle_watermark_lag_s": 2.0,
+    "batch_size": 4,
+    "poll_timeout_s": 0.01,
+    "max_process_s": 1.0,
+    "settle_heap": False,
+}
+
+
+class _Finalizer:
+    def __init__(self) -> None:
+        self.callbacks = []
+
+    def register(self, callback) -> None:
+        self.callbacks.append(callback)
+
+    def run(self) -> None:
+        for callback in self.callbacks:
+            callback()
+
+
+def _reader(cluster):  # noqa: F811
+    return _ReaderSettings(CONFIG, "g", cluster.factory(), 5.0)
+
+
+def _plans(cluster):  # noqa: F811
+    client = _reader(cluster).new_consumer()
+    return plan_partitions(client, ["events"], start="earliest", stop="end_at_launch")
 
 
 def _plan(start, stop, end, stop_ts=None, partition=0):
@@ -86,6 +117,7 @@ def test_units_read_every_record_once_and_commit_each_partition_end(cluster):  #
             group_id="g",
             start="earliest",
             stop="end_at_launch",
+            work_units=True,  # the default on distributed runners, not on this local one
             max_unit_records=6,  # 26 offsets per partition: 5 units each
             batch_size=4,
             consumer_factory=cluster.factory(),
@@ -93,9 +125,27 @@ def test_units_read_every_record_once_and_commit_each_partition_end(cluster):  #
         assert_that(p | read, equal_to(expected))
     ends = {p: log[-1].offset() + 1 for p, log in enumerate(cluster.topics["events"])}
     assert {p: o for (_, _, p), o in cluster.committed.items()} == ends
-    # One commit per partition, after all its units: never a unit past an unfinished one.
-    assert sorted(p for (_, _, p, _) in cluster.commit_calls) == [0, 1, 2]
+    # Unit by unit as each finished after the ones before it (finalizers), never backwards.
+    for partition in range(3):
+        offsets = [o for (_, _, p, o) in cluster.commit_calls if p == partition]
+        assert len(offsets) == 5 and offsets == sorted(set(offsets))
     assert cluster.open_consumers == 0
+
+
+def test_a_unit_finished_out_of_order_waits_for_the_partition_commit(cluster):  # noqa: F811
+    log = cluster.topics["events"]
+    cluster.committed[("g", "events", 0)] = 3  # not a unit boundary of this run's plan
+    (unit,) = [u for u in split_plans(_plans(cluster), 10) if u.plan.partition == 0][1:]
+    fn = _ReadUnitsFn(_reader(cluster), commit_units=True, **_READ_OPTIONS)
+    fn.setup()
+    finalizer = _Finalizer()
+    outputs = list(fn.process(unit, window=GlobalWindow(), finalizer=finalizer))
+    assert [r.offset for b in outputs[:-1] for r in b.value] == list(range(10, 20))
+    assert outputs[-1].tag == "done_units"
+    finalizer.run()
+    assert cluster.commit_calls == []  # [3, 10) is not known to be read: nothing committed
+    fn.teardown()
+    assert len(log[0]) == 20
 
 
 def test_units_resume_from_committed_offsets_and_honour_max_records(cluster):  # noqa: F811
@@ -108,6 +158,7 @@ def test_units_resume_from_committed_offsets_and_honour_max_records(cluster):  #
             "events",
             group_id="g",
             stop="end_at_launch",
+            work_units=True,
             max_unit_records=4,
             consumer_factory=cluster.factory(),
         )
@@ -118,6 +169,7 @@ def test_units_resume_from_committed_offsets_and_honour_max_records(cluster):  #
             "events",
             start="earliest",
             max_records=12,
+            work_units=True,
             max_unit_records=3,
             consumer_factory=cluster.factory(),
         )

@@ -653,13 +653,11 @@ def test_explicit_stop_inside_a_compacted_gap(cluster):
     _run(cluster, expected, start="earliest", stop=stop, batch_size=100)
 
 
-def test_output_is_unbounded_only_without_a_stop(cluster):
+def test_output_is_unbounded_only_without_a_stop():
     p = beam.Pipeline()
     stream = p | "Stream" >> ReadFromKafka(CONFIG, "t", start="earliest")
-    # A bounded read plans its work units when it is built: it needs the (fake) brokers then.
-    bounded = {"start": "earliest", "consumer_factory": cluster.factory()}
-    backfill = p | "Backfill" >> ReadFromKafka(CONFIG, "events", stop="end_at_launch", **bounded)
-    capped = p | "Capped" >> ReadFromKafka(CONFIG, "events", max_records=5, **bounded)
+    backfill = p | "Backfill" >> ReadFromKafka(CONFIG, "t", start="earliest", stop="end_at_launch")
+    capped = p | "Capped" >> ReadFromKafka(CONFIG, "t", start="earliest", max_records=5)
     assert (stream.is_bounded, backfill.is_bounded, capped.is_bounded) == (False, True, True)
     assert stream.element_type is KafkaRecord
 
