@@ -257,6 +257,7 @@ class RowSource:
                 group_id=self.values.get("consumerGroupId"),
                 stop="unbounded" if self.streaming else "end_at_launch",
                 topics_option="--inputTopic",  # a missing topic's error names the flag
+                max_unit_records=self.values["workUnitRecords"],
                 **(read_args if read_args is not None else _start(self.values)),
                 **options,
             )

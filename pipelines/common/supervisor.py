@@ -35,6 +35,7 @@ import apache_beam as beam
 import confluent_kafka
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines.common.dask_runner import runner_for
 from pipelines.common.options import OptionError
 from pipelines.common.watchdog import Watchdog
 from transforms.kafka.config import KafkaConfigError
@@ -159,7 +160,7 @@ def _run_with_restarts(
     restarts: deque[float] = deque()
     while True:
         try:
-            with beam.Pipeline(options=options) as p:
+            with beam.Pipeline(runner=runner_for(options), options=options) as p:
                 build(p)
             return
         except (KeyboardInterrupt, SystemExit):

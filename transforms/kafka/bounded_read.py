@@ -246,27 +246,30 @@ class _CommitUnitsFn(beam.DoFn):
         done = list(done)
         range_start = done[0][0]
         offset = committable_offset(range_start, [(start, end) for _, start, end in done])
-        if offset <= range_start:
-            return
+        if offset > range_start and self._commit(topic, int(partition), offset):
+            yield topic, int(partition), offset
+
+    def _commit(self, topic: str, partition: int, offset: int) -> bool:
+        """Commit unless the units' own finalizers got there (in order); True when committed."""
         if self._committer is None:
             self._committer = self._reader.new_consumer()
-        if _committed_offset(self._committer, topic, int(partition), self._reader) == offset:
-            return  # the units' own finalizers got there, in order
+        if _committed_offset(self._committer, topic, partition, self._reader) == offset:
+            return False
         try:
             self._committer.commit(
-                offsets=[TopicPartition(topic, int(partition), offset)], asynchronous=False
+                offsets=[TopicPartition(topic, partition, offset)], asynchronous=False
             )
         except KafkaException as err:
             _LOGGER.warning(
-                "Commit of %s[%s]@%d failed (records will be re-read by the next run): %s",
+                "Commit of %s[%d]@%d failed (records will be re-read by the next run): %s",
                 topic,
                 partition,
                 offset,
                 err,
             )
-            return
-        progress.record_commit(topic, int(partition), offset)
-        yield topic, int(partition), offset
+            return False
+        progress.record_commit(topic, partition, offset)
+        return True
 
 
 class ReadWorkUnits(beam.PTransform):
