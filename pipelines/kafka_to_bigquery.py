@@ -26,7 +26,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 from pipelines.common.options import Option, OptionError, options_class
-from pipelines.common.row_source import ROW_SOURCE, TABLE_SPEC_REGEX, RowSource
+from pipelines.common.row_source import ROW_SOURCE, TABLE_SPEC_REGEX, RowSource, group_lease
 from pipelines.common.supervisor import run_pipeline
 from pipelines.common.watchdog import watchdog_from_options
 from transforms.sinks.bigquery import METHODS, WriteDeadLettersToBigQuery, WriteRowsToBigQuery
@@ -185,6 +185,7 @@ def run(argv: Sequence[str] | None = None) -> None:
         options,
         name="kafka_to_bigquery",
         watchdog=watchdog_from_options(source.values),
+        lease=group_lease(source.values),
     )
 
 

@@ -32,7 +32,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.common.options import Option, OptionError, options_class
-from pipelines.common.row_source import ROW_SOURCE, RowSource
+from pipelines.common.row_source import ROW_SOURCE, RowSource, group_lease
 from pipelines.common.supervisor import run_pipeline
 from pipelines.common.watchdog import watchdog_from_options
 from transforms.sinks.tfrecord import WriteTFRecords
@@ -223,6 +223,7 @@ def run(argv: Sequence[str] | None = None) -> None:
         options,
         name="kafka_to_gcs",
         watchdog=watchdog_from_options(source.values),
+        lease=group_lease(source.values),
     )
 
 

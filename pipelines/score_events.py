@@ -40,7 +40,7 @@ from pipelines.common.options import (
     parse_and_validate,
     validate,
 )
-from pipelines.common.row_source import ROW_SOURCE, DecodedRows, RowSource
+from pipelines.common.row_source import ROW_SOURCE, DecodedRows, RowSource, group_lease
 from pipelines.common.supervisor import run_pipeline
 from pipelines.common.watchdog import watchdog_from_options
 from transforms.dead_letter import DeadLetter
@@ -267,6 +267,7 @@ def run(argv: Sequence[str] | None = None) -> None:
         opts,
         name="score_events",
         watchdog=watchdog_from_options(values),
+        lease=group_lease(values),
     )
 
 

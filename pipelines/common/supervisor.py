@@ -29,6 +29,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import apache_beam as beam
@@ -123,14 +124,31 @@ def run_pipeline(
     *,
     name: str,
     watchdog: Watchdog | None = None,
+    lease: AbstractContextManager | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
     """Build ``build(p)`` on a new pipeline and run it until it ends (see the module docstring).
 
+    ``lease`` (a :class:`~transforms.kafka.group_lease.GroupLease`) is held from before the
+    first run until the last one ended, restarts included: a second copy is refused meanwhile.
+
     Raises ``SystemExit(EXIT_PERMANENT)`` on a permanent error, re-raises the last error when
     a local stream exhausts its restarts or any other runner fails.
     """
+    with lease if lease is not None else nullcontext():
+        _run_watched(build, options, name=name, watchdog=watchdog, clock=clock, sleep=sleep)
+
+
+def _run_watched(
+    build: Callable[[beam.Pipeline], Any],
+    options: PipelineOptions,
+    *,
+    name: str,
+    watchdog: Watchdog | None,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> None:
     local = _runs_locally(options)
     if watchdog is not None and local:
         watchdog.start()
