@@ -45,36 +45,42 @@ def test_reported_backlog_is_the_real_lag(kafka_config, topic_factory, group_id)
     client = settings.new_consumer()
     (plan,) = plan_partitions(client, [topic], start="earliest")
     client.close()
-    # Small polls and a short bundle: it checkpoints with most of the backlog left.
+    # A bundle budget of 0: every bundle checkpoints after its first batch (or at once while the
+    # consumer's first fetch is not back), with most of the backlog left; like a runner, resume
+    # the residual until a bundle has read something.
     fn = _ReadUnboundedPartitionsFn(
         settings,
         commit_offsets=False,
         idle_watermark_lag_s=2.0,
         batch_size=100,
         poll_timeout_s=0.1,
-        max_process_s=0.05,
+        max_process_s=0.0,
         settle_heap=False,
     )
     fn.setup()
     provider = KafkaRestrictionProvider()
     try:
-        tracker = ThreadsafeRestrictionTracker(
-            KafkaOffsetTracker(provider.initial_restriction(plan), provider.backlog)
-        )
-        estimator = ThreadsafeWatermarkEstimator(KafkaWatermarkEstimator(None))
-        outputs = list(
-            fn.process(
-                plan,
-                GlobalWindow(),
-                beam.DoFn.BundleFinalizerParam(),
-                RestrictionTrackerView(tracker),
-                estimator,
+        restriction, read = provider.initial_restriction(plan), 0
+        for _ in range(50):
+            tracker = ThreadsafeRestrictionTracker(
+                KafkaOffsetTracker(restriction, provider.backlog)
             )
-        )
+            outputs = list(
+                fn.process(
+                    plan,
+                    GlobalWindow(),
+                    beam.DoFn.BundleFinalizerParam(),
+                    RestrictionTrackerView(tracker),
+                    ThreadsafeWatermarkEstimator(KafkaWatermarkEstimator(None)),
+                )
+            )
+            read += sum(len(batch.value) for batch in outputs)
+            residual, _ = tracker.deferred_status()
+            restriction = residual
+            if read:
+                break
         produce(kafka_config, topic, [b"y" * RECORD_BYTES] * 700)  # more arrives meanwhile
-        read = sum(len(batch.value) for batch in outputs)
         assert 0 < read < 5000
-        residual, _ = tracker.deferred_status()
         assert residual.start == read
     finally:
         fn.teardown()
