@@ -31,7 +31,12 @@ RUNTIME = [
     "docstring-parser>=0.15,<1.0",
 ]
 
+# The DaskRunner's engine (``pip install kafka-beam-ml[dask]``; docs/scaling.md). Beam 2.77's own
+# [dask] extra asks only for >= 2024.4.2; these are the versions tested here.
+DASK = ["dask==2026.8.0", "distributed==2026.8.0"]
+
 DEV = [
+    *DASK,
     "pytest>=8,<10",
     "pytest-timeout==2.4.0",
     "ruff>=0.6",
@@ -47,5 +52,5 @@ setup(
     packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*"]),
     package_data={"transforms.decoding": ["schemas/*.json", "schemas/*.avsc"]},
     install_requires=RUNTIME,
-    extras_require={"dev": DEV},
+    extras_require={"dev": DEV, "dask": DASK},
 )

@@ -27,7 +27,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 
 from pipelines.common.metrics_server import metrics_server_from_options
 from pipelines.common.options import Option, OptionError, options_class
-from pipelines.common.row_source import ROW_SOURCE, TABLE_SPEC_REGEX, RowSource
+from pipelines.common.row_source import ROW_SOURCE, TABLE_SPEC_REGEX, RowSource, group_lease
 from pipelines.common.supervisor import run_pipeline
 from pipelines.common.watchdog import watchdog_from_options
 from transforms.sinks.bigquery import METHODS, WriteDeadLettersToBigQuery, WriteRowsToBigQuery
@@ -187,6 +187,7 @@ def run(argv: Sequence[str] | None = None) -> None:
         name="kafka_to_bigquery",
         watchdog=watchdog_from_options(source.values),
         metrics=metrics_server_from_options(source.values),
+        lease=group_lease(source.values),
     )
 
 

@@ -33,7 +33,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.common.metrics_server import metrics_server_from_options
 from pipelines.common.options import Option, OptionError, options_class
-from pipelines.common.row_source import ROW_SOURCE, RowSource
+from pipelines.common.row_source import ROW_SOURCE, RowSource, group_lease
 from pipelines.common.supervisor import run_pipeline
 from pipelines.common.watchdog import watchdog_from_options
 from transforms.sinks.tfrecord import WriteTFRecords
@@ -225,6 +225,7 @@ def run(argv: Sequence[str] | None = None) -> None:
         name="kafka_to_gcs",
         watchdog=watchdog_from_options(source.values),
         metrics=metrics_server_from_options(source.values),
+        lease=group_lease(source.values),
     )
 
 

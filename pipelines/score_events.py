@@ -41,7 +41,7 @@ from pipelines.common.options import (
     parse_and_validate,
     validate,
 )
-from pipelines.common.row_source import ROW_SOURCE, DecodedRows, RowSource
+from pipelines.common.row_source import ROW_SOURCE, DecodedRows, RowSource, group_lease
 from pipelines.common.supervisor import run_pipeline
 from pipelines.common.watchdog import watchdog_from_options
 from transforms.dead_letter import DeadLetter
@@ -283,6 +283,7 @@ def run(argv: Sequence[str] | None = None) -> None:
         name="score_events",
         watchdog=watchdog_from_options(values),
         metrics=metrics_server_from_options(values),
+        lease=group_lease(values),
     )
 
 

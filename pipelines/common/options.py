@@ -237,6 +237,17 @@ KAFKA_SOURCE: tuple[Option, ...] = (
         example="2026-11-01T00:00:00Z",
     ),
     Option(
+        "workUnitRecords",
+        "Offsets per work unit (batch)",
+        "A batch read on a distributed runner (Dataflow, Flink, Spark, Dask) is planned at "
+        "launch and cut into work units of at most this many offsets, read in parallel (several "
+        "per partition). Ignored by streaming reads and by the local runner.",
+        type=int,
+        default=100_000,
+        regexes=(r"[1-9][0-9]{0,9}",),
+        example="100000",
+    ),
+    Option(
         "progressSeconds",
         "Progress log interval",
         "Seconds between progress log lines (records consumed, written and dead-lettered, lag "

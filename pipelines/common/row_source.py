@@ -32,6 +32,7 @@ from pipelines.common.options import GCP_ENDPOINTS, KAFKA_SOURCE, Option, Option
 from transforms.decoding.decode import MESSAGE_FORMATS, DecodeAndValidate
 from transforms.decoding.schema import RowSchema
 from transforms.kafka.config import KafkaConfig, KafkaConfigError
+from transforms.kafka.group_lease import GroupLease
 from transforms.kafka.reader import ReadFromKafka
 from transforms.preprocessing.expressions import FUNCTIONS, Expr
 from transforms.preprocessing.filter_project import Filter
@@ -43,6 +44,7 @@ __all__ = [
     "DecodedRows",
     "TABLE_SPEC_REGEX",
     "DEFAULT_DEAD_LETTER_MAX_PAYLOAD_BYTES",
+    "group_lease",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -146,6 +148,15 @@ def _start(values: Mapping[str, Any]) -> dict[str, Any]:
             )
         return {"start": start}
     return {"start": "committed", "start_fallback": "earliest" if start == "committed" else start}
+
+
+def group_lease(values: Mapping[str, Any]) -> GroupLease | None:
+    """The lease on ``--consumerGroupId`` a run holds (None without a group): a second copy of
+    a pipeline with the same group is refused instead of reading every partition again."""
+    group = values.get("consumerGroupId")
+    if group is None:
+        return None
+    return GroupLease(KafkaConfig.from_options(values), [values["inputTopic"]], group)
 
 
 def _row_filter(text: str | None, schema: RowSchema) -> Expr | None:
@@ -257,6 +268,7 @@ class RowSource:
                 group_id=self.values.get("consumerGroupId"),
                 stop="unbounded" if self.streaming else "end_at_launch",
                 topics_option="--inputTopic",  # a missing topic's error names the flag
+                max_unit_records=self.values["workUnitRecords"],
                 **(read_args if read_args is not None else _start(self.values)),
                 **options,
             )

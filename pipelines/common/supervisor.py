@@ -32,6 +32,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import apache_beam as beam
@@ -39,6 +40,7 @@ import confluent_kafka
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.common import bundle_metrics
+from pipelines.common.dask_runner import runner_for
 from pipelines.common.metrics_server import MetricsServer
 from pipelines.common.options import OptionError
 from pipelines.common.watchdog import Watchdog
@@ -128,14 +130,34 @@ def run_pipeline(
     name: str,
     watchdog: Watchdog | None = None,
     metrics: MetricsServer | None = None,
+    lease: AbstractContextManager | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
     """Build ``build(p)`` on a new pipeline and run it until it ends (see the module docstring).
 
+    ``lease`` (a :class:`~transforms.kafka.group_lease.GroupLease`) is held from before the
+    first run until the last one ended, restarts included: a second copy is refused meanwhile.
+
     Raises ``SystemExit(EXIT_PERMANENT)`` on a permanent error, re-raises the last error when
     a local stream exhausts its restarts or any other runner fails.
     """
+    with lease if lease is not None else nullcontext():
+        _run_watched(
+            build, options, name=name, watchdog=watchdog, metrics=metrics, clock=clock, sleep=sleep
+        )
+
+
+def _run_watched(
+    build: Callable[[beam.Pipeline], Any],
+    options: PipelineOptions,
+    *,
+    name: str,
+    watchdog: Watchdog | None,
+    metrics: MetricsServer | None,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> None:
     local = _runs_locally(options)
     if local:
         bundle_metrics.install()
@@ -171,7 +193,7 @@ def _run_with_restarts(
     restarts: deque[float] = deque()
     while True:
         try:
-            with beam.Pipeline(options=options) as p:
+            with beam.Pipeline(runner=runner_for(options), options=options) as p:
                 build(p)
             return
         except (KeyboardInterrupt, SystemExit):

@@ -246,4 +246,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OptionError as err:  # the pipeline's own option checks (beyond what metadata says)
         return _refuse(str(err))
     return 0
-

@@ -230,4 +230,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         path.write_text(files[path], encoding="utf-8")
         _LOGGER.info("wrote %s", path.relative_to(REPO_ROOT))
     return 0
-

@@ -19,10 +19,10 @@ from collections.abc import Callable
 
 import pytest
 from confluent_kafka import Producer
+from processes import stop_process_group
 from tiny_anomaly_model import CREDITCARD_FEATURES, expected_score, write_model
 
 from tests.kafka_topics import read_topic
-from tests.processes import stop_process_group
 from transforms.decoding.schema import bundled_schema_path
 from transforms.kafka.config import KafkaConfig
 

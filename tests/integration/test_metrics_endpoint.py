@@ -19,11 +19,11 @@ import uuid
 
 import pytest
 from confluent_kafka import Producer
+from processes import stop_process_group
 from prometheus_client.parser import text_string_to_metric_families
 from tiny_anomaly_model import CREDITCARD_FEATURES, write_model
 
 from tests.kafka_topics import read_topic
-from tests.processes import stop_process_group
 from transforms.decoding.schema import bundled_schema_path
 from transforms.kafka.config import LOCAL_BROKER_SETTINGS, KafkaConfig
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from processes import stop_process_group
 from tiny_anomaly_model import CREDITCARD_FEATURES, write_model
 
 from pipelines.demo.synthetic_data import creditcard_transactions, encode_messages
-from tests.processes import stop_process_group
 from transforms.decoding.schema import bundled_schema_path
 
 pytestmark = pytest.mark.integration

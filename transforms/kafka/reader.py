@@ -17,6 +17,12 @@ Maven jar. This one reads each topic-partition as one restriction of a splittabl
   It is an element of the reader, not a step before it: the local FnApiRunner hands a stage's
   output downstream only once the stage is done, so an unbounded discovery step (Java's KafkaIO
   has one) would never deliver there. A restarted read plans every partition at launch;
+* a bounded read (a stop, ``max_records`` or a stop time) on a distributed runner does not use
+  the splittable DoFn: it plans at launch and reads work units of at most ``max_unit_records``
+  offsets with a plain DoFn after a reshuffle (:mod:`transforms.kafka.bounded_read`), so every
+  runner (Dask too) can spread one partition's backlog over many workers; its commits are
+  described there. The local one-process runners keep the splittable DoFn for bounded reads
+  too: there units would gain nothing, and its checkpoints commit as the read goes;
 * the watermark follows record timestamps and advances on idle partitions;
 * backlog (end offset − position) is reported through ``restriction_size`` and progress;
 * each polled batch and each commit is recorded in :mod:`transforms.progress` (records consumed,
@@ -91,6 +97,10 @@ _READER_SETTINGS = {
     "auto.offset.reset": "earliest",
 }
 _MAX_CACHED_CONSUMERS = 64
+# Runners that run a pipeline in this one process: a bounded read keeps the splittable DoFn there.
+_ONE_PROCESS_RUNNERS = frozenset(
+    {"DirectRunner", "SwitchingDirectRunner", "FnApiRunner", "TestDirectRunner"}
+)
 
 
 _RESTRICTION = beam.DoFn.RestrictionParam(KafkaRestrictionProvider())
@@ -677,6 +687,12 @@ class ReadFromKafka(beam.PTransform):
         partition_discovery_s: how often an unbounded read lists the topics' partitions, to read
             the partitions added while it runs; ``None`` lists them at launch only. Windows close
             up to this much later: the watermark waits until a listing showed no new partition.
+        work_units: read a bounded read as work units (see :mod:`transforms.kafka.bounded_read`):
+            planned when the pipeline is built (the brokers must be reachable from the launching
+            process), each of at most ``max_unit_records`` offsets, spread over the workers.
+            ``None`` (default): on every runner but the local one-process ones (DirectRunner,
+            FnApiRunner), which keep the splittable DoFn and its incremental commits.
+        max_unit_records: offsets per work unit.
         topics_option: the pipeline option the topics come from (e.g. ``"--inputTopic"``),
             named in the error when a topic does not exist.
         consumer_factory: builds a consumer from a librdkafka dict (tests pass a fake).
@@ -708,6 +724,8 @@ class ReadFromKafka(beam.PTransform):
         poll_timeout_s: float = 0.1,
         max_process_s: float = 0.5,
         partition_discovery_s: float | None = 30.0,
+        work_units: bool | None = None,
+        max_unit_records: int = 100_000,
         topics_option: str | None = None,
         consumer_factory: ConsumerFactory | None = None,
         settle_heap: bool = True,
@@ -725,6 +743,10 @@ class ReadFromKafka(beam.PTransform):
             raise ValueError(f"max_records must be >= 0, got {max_records}")
         if partition_discovery_s is not None and not partition_discovery_s > 0:
             raise ValueError(f"partition_discovery_s must be > 0 or None: {partition_discovery_s}")
+        if max_unit_records < 1:
+            raise ValueError(f"max_unit_records must be >= 1, got {max_unit_records}")
+        self._work_units = work_units
+        self._max_unit_records = max_unit_records
         self._bounded = stop != "unbounded" or max_records is not None
         self._bounded = self._bounded or stop_timestamp_ms is not None
         self._plan_kwargs = {
@@ -773,9 +795,44 @@ class ReadFromKafka(beam.PTransform):
             "bootstrapServers": self._reader.config.bootstrap_servers,
         }
 
+    def _plan_units(self):
+        """The bounded read's work units, planned now (when the pipeline is built)."""
+        from transforms.kafka.bounded_read import describe_units, split_plans
+
+        planner = _PlanPartitionsFn(
+            self._reader, self._topics, self._plan_kwargs, topics_option=self._topics_option
+        )
+        units = split_plans(planner.process(None), self._max_unit_records)
+        _LOGGER.info("Kafka bounded read: work units per partition: %s", describe_units(units))
+        return units
+
+    def _uses_work_units(self, pipeline: beam.Pipeline) -> bool:
+        if not self._bounded:
+            return False
+        if self._work_units is not None:
+            return self._work_units
+        return type(pipeline.runner).__name__ not in _ONE_PROCESS_RUNNERS
+
     def expand(self, pbegin):
+        if self._uses_work_units(pbegin.pipeline):
+            from transforms.kafka.bounded_read import ReadWorkUnits  # it subclasses our DoFn
+
+            batches = pbegin | "ReadWorkUnits" >> ReadWorkUnits(
+                self._reader,
+                self._plan_units(),
+                **self._read_kwargs,
+            )
+        else:
+            batches = self._read_splittable(pbegin)
+        if self._emit_batches:
+            return batches
+        return batches | "EmitRecords" >> beam.ParDo(_EmitRecordsFn()).with_output_types(
+            KafkaRecord
+        )
+
+    def _read_splittable(self, pbegin):
         read_fn = _ReadPartitionsFn if self._bounded else _ReadUnboundedPartitionsFn
-        batches = (
+        return (
             pbegin
             | "Impulse" >> beam.Impulse()
             | "PlanPartitions"
@@ -791,9 +848,4 @@ class ReadFromKafka(beam.PTransform):
             | "Distribute" >> beam.Reshuffle()
             | "ReadPartitions"
             >> beam.ParDo(read_fn(self._reader, **self._read_kwargs)).with_output_types(Batch)
-        )
-        if self._emit_batches:
-            return batches
-        return batches | "EmitRecords" >> beam.ParDo(_EmitRecordsFn()).with_output_types(
-            KafkaRecord
         )

@@ -40,9 +40,7 @@ def _run(errors, *, streaming=True, runner="FnApiRunner"):
     def build(p):
         _ = p | beam.Create([1]) | beam.ParDo(_FailingStep())
 
-    run_pipeline(
-        build, options, name="test", clock=lambda: float(next(clock)), sleep=sleeps.append
-    )
+    run_pipeline(build, options, name="test", clock=lambda: float(next(clock)), sleep=sleeps.append)
     return list(_RUNS), sleeps
 
 
