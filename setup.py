@@ -23,6 +23,7 @@ RUNTIME = [
     "matplotlib>=3.8,<4",
     "tqdm>=4.66,<5",
     "tensorboard==2.21.0",  # the trainer's TensorBoard logs (Keras callback)
+    "paho-mqtt==2.2.0",  # the MQTT source (transforms/mqtt), manual acks
 ]
 
 DEV = [

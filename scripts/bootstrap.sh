@@ -19,6 +19,8 @@ apt_install() {
 missing=()
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 command -v git >/dev/null 2>&1 || missing+=(git)
+# the local stack's MQTT broker (scripts/local_stack.py runs it; the package's own service stays off)
+[[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
 [[ ${#missing[@]} -eq 0 ]] || apt_install "${missing[@]}"
 
 # -- Python 3.11 for the project venv (pyenv's, else Debian 12's python3) --------------------------
