@@ -47,7 +47,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.batch import Batch, BatchCoder
 from transforms.dead_letter import DEAD_LETTER_TAG, DeadLetter
-from transforms.inference.model_handler import Row, SavedModelHandler, Verdicts
+from transforms.inference.model_handler import Row, VerdictHandler, Verdicts
 from transforms.kafka.record import KafkaRecord
 
 __all__ = [
@@ -179,7 +179,8 @@ class _BatchScoringHandler(ModelHandler[Sequence[Any], ScoredBatch, Any]):
 
     Why: RunInference emits one element per prediction, and every later step then pays Beam's
     per-element cost; with the batch as the example the verdicts stay together up to the
-    producer. :class:`SavedModelHandler` answers column-wise; any other handler, keyed on the
+    producer. A :class:`VerdictHandler` (the embedded :class:`SavedModelHandler`, the remote
+    :class:`ModelServerHandler`) answers column-wise; any other handler, keyed on the
     ``(KafkaRecord, row)`` pairs, runs as RunInference would run it (its preprocessing functions
     on the batch, its postprocessing functions on each result) and its per-row results are
     collected. RunInference's own batching is skipped: elements are lists of batches.
@@ -188,7 +189,7 @@ class _BatchScoringHandler(ModelHandler[Sequence[Any], ScoredBatch, Any]):
     def __init__(self, handler: ModelHandler) -> None:
         super().__init__()
         self._handler = handler
-        self._columnar = isinstance(handler, SavedModelHandler)
+        self._columnar = isinstance(handler, VerdictHandler)
 
     def load_model(self) -> Any:
         return self._handler.load_model()
