@@ -43,6 +43,7 @@ __all__ = [
     "DecodedRows",
     "TABLE_SPEC_REGEX",
     "DEFAULT_DEAD_LETTER_MAX_PAYLOAD_BYTES",
+    "load_schema",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ class DecodedRows(NamedTuple):
     dead_letters: beam.PCollection
 
 
-def _load_schema(path: str) -> tuple[RowSchema, dict[str, Any] | None]:
+def load_schema(path: str) -> tuple[RowSchema, dict[str, Any] | None]:
     """The row schema, plus the Avro document when the file is Avro (the exact writer schema)."""
     from apache_beam.io.filesystems import FileSystems
 
@@ -231,7 +232,7 @@ class RowSource:
             raise OptionError(str(err)) from err
         endpoints = GcpEndpoints.from_options(options)
         endpoints.configure_process()
-        schema, avro = _load_schema(values["schemaPath"])
+        schema, avro = load_schema(values["schemaPath"])
         row_filter = _row_filter(values.get("filter"), schema)
         source = cls(values, streaming, kafka, endpoints, schema, avro, row_filter)
         source.reader(read_args)  # ReadFromKafka checks its arguments at construction

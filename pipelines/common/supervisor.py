@@ -8,7 +8,8 @@ it builds and runs the pipeline again, which resumes from the consumer group's c
 
 Errors no retry can fix end the run at once, on every runner, with exit code
 :data:`EXIT_PERMANENT` and a message that names the setting or topic: authentication and
-authorization failures, an unknown topic, invalid client configuration. A stream that keeps
+authorization failures, an unknown topic, invalid client configuration, an MQTT broker that
+refuses the session or the subscription. A stream that keeps
 failing (more than :data:`MAX_RESTARTS` restarts within :data:`RESTART_WINDOW_S`) stops too,
 with the last error, so a supervisor above (systemd, Kubernetes) sees a non-zero exit instead
 of a loop.
@@ -38,6 +39,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipelines.common.options import OptionError
 from pipelines.common.watchdog import Watchdog
 from transforms.kafka.config import KafkaConfigError
+from transforms.mqtt.config import MqttConfigError
+from transforms.mqtt.session import MqttPermanentError
 
 __all__ = [
     "EXIT_PERMANENT",
@@ -93,7 +96,7 @@ def _chain(err: BaseException) -> Iterator[BaseException]:
 def permanent_reason(err: BaseException) -> str | None:
     """Why ``err`` cannot be fixed by running again, or None when a restart may help."""
     for cause in _chain(err):
-        if isinstance(cause, OptionError | KafkaConfigError):
+        if isinstance(cause, OptionError | KafkaConfigError | MqttConfigError | MqttPermanentError):
             return str(cause)
         if isinstance(cause, confluent_kafka.KafkaException) and cause.args:
             error = cause.args[0]
