@@ -1,9 +1,11 @@
 """Local stack for kafka-beam-ml: Kafka (noida-db), BigQuery (local-bigquery), GCS emulator,
-MQTT (Debian's mosquitto).
+MQTT (Debian's mosquitto), a model server (KServe running serving/anomaly_model_server.py).
 
 Standard library only, so it runs before anything else works. ``scripts/stack.sh`` calls it with
 the project venv's Python, which is also where noida-db and gcp-storage-emulator are installed;
-local-bigquery needs Python >= 3.13 and gets its own venv (installed on the first ``up``).
+local-bigquery needs Python >= 3.13 and gets its own venv (installed on the first ``up``), and
+so does the model server (kserve wants newer setuptools/fastapi than the project; its venv also
+holds TensorFlow to load the SavedModels it serves from ``<state dir>/data/models/anomaly``).
 
 Commands::
 
@@ -17,9 +19,10 @@ Commands::
     env [--json]       shell exports (or JSON) pointing clients at the stack
 
 Everything binds 127.0.0.1. Overrides (env vars): KBML_STACK_DIR (state: data, logs, pids),
-KBML_BIGQUERY_VENV, KBML_PROJECT, KBML_KAFKA_PORT, KBML_BIGQUERY_PORT, KBML_BIGQUERY_GRPC_PORT,
-KBML_GCS_PORT, KBML_MQTT_PORT, KBML_STACK_TIMEOUT (seconds to wait for a service to answer),
-KBML_STACK_GRACE (seconds between SIGTERM and SIGKILL on down).
+KBML_BIGQUERY_VENV, KBML_MODEL_SERVER_VENV, KBML_PROJECT, KBML_KAFKA_PORT, KBML_BIGQUERY_PORT,
+KBML_BIGQUERY_GRPC_PORT, KBML_GCS_PORT, KBML_MQTT_PORT, KBML_MODEL_SERVER_PORT,
+KBML_STACK_TIMEOUT (seconds to wait for a service to answer), KBML_STACK_GRACE (seconds between
+SIGTERM and SIGKILL on down).
 """
 
 from __future__ import annotations
@@ -81,7 +84,14 @@ DEFAULT_PORTS = {
     "KBML_BIGQUERY_GRPC_PORT": 9060,
     "KBML_GCS_PORT": 9023,
     "KBML_MQTT_PORT": 1883,
+    "KBML_MODEL_SERVER_PORT": 8085,
 }
+
+#: The model server's venv (Python 3.11, like the project): KServe's ModelServer and the
+#: project's TensorFlow (docs/local_stack.md#model-server-kserve).
+MODEL_SERVER_PINS = ("kserve==0.21.0", "tensorflow==2.21.0")
+#: The stack's model server serves the newest version under data/models/<MODEL_NAME>.
+MODEL_NAME = "anomaly"
 
 #: Debian's mosquitto 2.0 (``apt-get install mosquitto``; scripts/bootstrap.sh installs it).
 MOSQUITTO = Path("/usr/sbin/mosquitto")
@@ -232,6 +242,9 @@ class Stack:
         self.bigquery_venv = Path(
             os.environ.get("KBML_BIGQUERY_VENV") or REPO / ".stack" / "bigquery-venv"
         ).resolve()
+        self.model_server_venv = Path(
+            os.environ.get("KBML_MODEL_SERVER_VENV") or REPO / ".stack" / "model-server-venv"
+        ).resolve()
         self.project = os.environ.get("KBML_PROJECT") or "kafka-beam-ml-local"
         self.timeout = float(os.environ.get("KBML_STACK_TIMEOUT") or 120)
         self.grace = float(os.environ.get("KBML_STACK_GRACE") or 10)
@@ -252,6 +265,7 @@ class Stack:
             )
         )
         mqtt_port = self.ports["KBML_MQTT_PORT"]
+        model_port = self.ports["KBML_MODEL_SERVER_PORT"]
         data = self.state_dir / "data"
         mqtt_conf = self.state_dir / "run" / "mosquitto.conf"
         venv_bin = Path(sys.executable).parent
@@ -327,7 +341,32 @@ class Stack:
                 lambda: _mqtt_answers(mqtt_port),
                 prepare=lambda: _write_mosquitto_config(mqtt_conf, mqtt_port, data / "mqtt"),
             ),
+            Service(
+                "model-server",
+                {"KBML_MODEL_SERVER_PORT": model_port},
+                (
+                    str(self.model_server_venv / "bin" / "python"),
+                    str(REPO / "serving" / "anomaly_model_server.py"),
+                    "--model_root",
+                    str(self.model_root),
+                    "--model_name",
+                    MODEL_NAME,
+                    "--http_port",
+                    str(model_port),
+                    "--host",
+                    HOST,
+                    "--poll_seconds",
+                    "1",
+                ),
+                {"TF_CPP_MIN_LOG_LEVEL": "2"},
+                lambda: _http_status(f"http://{HOST}:{model_port}/v2/health/live") == 200,
+            ),
         )
+
+    @property
+    def model_root(self) -> Path:
+        """Where the model server looks for ``<version>/`` SavedModels (the newest is served)."""
+        return self.state_dir / "data" / "models" / MODEL_NAME
 
     # -- files ------------------------------------------------------------------------------
 
@@ -404,6 +443,7 @@ class Stack:
                 f"{sys.prefix}; run scripts/bootstrap.sh (pip install -e '.[dev]')"
             )
         self._install_bigquery()
+        self._install_model_server()
 
     def _install_bigquery(self) -> None:
         marker = self.bigquery_venv / ".kbml-installed"
@@ -426,6 +466,29 @@ class Stack:
                 if result.returncode != 0:
                     raise StackError(
                         f"bigquery: install step failed ({shlex.join(step)}):\n{_tail(log)}"
+                    )
+        marker.write_text(wanted)
+
+    def _install_model_server(self) -> None:
+        marker = self.model_server_venv / ".kbml-installed"
+        wanted = "\n".join(MODEL_SERVER_PINS)
+        if marker.is_file() and marker.read_text() == wanted:
+            return
+        _LOGGER.info("model-server: installing kserve into %s", self.model_server_venv)
+        log = self.state_dir / "logs" / "model-server-install.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        python = str(self.model_server_venv / "bin" / "python")
+        base_python = str(Path(sys.base_prefix) / "bin" / "python3")
+        steps = (
+            (base_python, "-m", "venv", str(self.model_server_venv)),
+            (python, "-m", "pip", "install", "--quiet", *MODEL_SERVER_PINS),
+        )
+        with open(log, "a") as out:
+            for step in steps:
+                result = subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, check=False)
+                if result.returncode != 0:
+                    raise StackError(
+                        f"model-server: install step failed ({shlex.join(step)}):\n{_tail(log)}"
                     )
         marker.write_text(wanted)
 
@@ -581,6 +644,9 @@ class Stack:
             "GOOGLE_CLOUD_PROJECT": self.project,
             "NO_GCE_CHECK": "True",
             "MQTT_BROKER": f"mqtt://{HOST}:{by_name['mqtt'].port}",
+            "KBML_MODEL_SERVER_URL": f"http://{HOST}:{by_name['model-server'].port}",
+            "KBML_MODEL_NAME": MODEL_NAME,
+            "KBML_MODEL_ROOT": str(self.model_root),
         }
 
 
@@ -660,15 +726,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stack.sh", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="install, start and wait (idempotent)")
-    up.add_argument("services", nargs="*", help="kafka, bigquery, gcs, mqtt (default: all)")
+    up.add_argument(
+        "services", nargs="*", help="kafka, bigquery, gcs, mqtt, model-server (default: all)"
+    )
     up.add_argument(
         "--free-ports", action="store_true", help="move to free ports when a default one is taken"
     )
     commands.add_parser("install", help="install the servers without starting them")
     down = commands.add_parser("down", help="stop what this stack started")
-    down.add_argument("services", nargs="*", help="kafka, bigquery, gcs, mqtt (default: all)")
+    down.add_argument(
+        "services", nargs="*", help="kafka, bigquery, gcs, mqtt, model-server (default: all)"
+    )
     restart = commands.add_parser("restart", help="stop services, then start them on the same data")
-    restart.add_argument("services", nargs="+", help="kafka, bigquery, gcs, mqtt")
+    restart.add_argument("services", nargs="+", help="kafka, bigquery, gcs, mqtt, model-server")
     restart.add_argument(
         "--down-seconds", type=float, default=0.0, help="how long to stay down (default 0)"
     )
