@@ -126,7 +126,12 @@ class MqttSession:
     # -- connection -------------------------------------------------------------------------
 
     def connect(self) -> None:
-        """Connect, subscribe and wait until the broker accepted both (raises on failure)."""
+        """Connect and wait for the broker's CONNACK (raises on failure), then subscribe.
+
+        Only the CONNACK is waited for: a resumed session's backlog arrives before the SUBACK,
+        and receiving it can take longer than any timeout. A refused subscription is raised by
+        the next :meth:`check`.
+        """
         client = self._client_factory(self._config)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -157,17 +162,10 @@ class MqttSession:
             if time.monotonic() > deadline:
                 self._stop_client(client)
                 raise MqttConnectError(
-                    f"MQTT broker {self._config.url} did not accept the session and the "
-                    f"subscription to {', '.join(self._filters)} within "
+                    f"MQTT broker {self._config.url} did not accept the session within "
                     f"{self._connect_timeout_s:g} s"
                 )
-        _LOGGER.info(
-            "MQTT %r: subscribed to %s (QoS %d, connection %d)",
-            self._config,
-            ", ".join(self._filters),
-            self._qos,
-            self._generation,
-        )
+        _LOGGER.info("MQTT %r: connected (connection %d)", self._config, self._generation)
 
     def reconnect(self) -> None:
         """A new connection on the same session: the broker resends every unacked message."""
@@ -212,6 +210,7 @@ class MqttSession:
             return
         if client is not self._client:
             return
+        self._connected.set()
         if self._config.protocol == "5":
             # Retain handling 1: retained messages only for a new subscription, not on every
             # reconnect of the persistent session.
@@ -239,8 +238,9 @@ class MqttSession:
                 min(granted),
                 self._qos,
             )
-        if client is self._client:
-            self._connected.set()
+        _LOGGER.info(
+            "MQTT %r: subscribed to %s (QoS %d)", self._config, ", ".join(self._filters), self._qos
+        )
 
     def _on_disconnect(self, client, _userdata, _flags, reason_code, _properties) -> None:
         if client is self._client and not self._closed:
