@@ -25,6 +25,7 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
+from pipelines.common.model_source import MODEL_SOURCE
 from pipelines.common.options import Option, OptionError, options_class
 from pipelines.common.row_source import ROW_SOURCE, TABLE_SPEC_REGEX, RowSource
 from pipelines.common.supervisor import run_pipeline
@@ -93,6 +94,7 @@ OPTIONS: tuple[Option, ...] = (
         regexes=(r"[1-9][0-9]{0,4}",),
         example="500",
     ),
+    *MODEL_SOURCE,  # for ANOMALY()/IS_ANOMALY() in --filter
 )
 
 KafkaToBigQueryOptions = options_class("KafkaToBigQueryOptions", OPTIONS)

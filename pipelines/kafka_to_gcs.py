@@ -31,6 +31,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.common.model_source import MODEL_SOURCE
 from pipelines.common.options import Option, OptionError, options_class
 from pipelines.common.row_source import ROW_SOURCE, RowSource
 from pipelines.common.supervisor import run_pipeline
@@ -117,6 +118,7 @@ OPTIONS: tuple[Option, ...] = (
         regexes=(r"[A-Za-z_][A-Za-z0-9_]*",),
         example="Class",
     ),
+    *MODEL_SOURCE,  # for ANOMALY()/IS_ANOMALY() in --filter
 )
 
 KafkaToGcsOptions = options_class("KafkaToGcsOptions", OPTIONS)

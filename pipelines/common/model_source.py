@@ -40,6 +40,8 @@ __all__ = ["MODEL_SOURCE", "ModelChoice", "model_from_options"]
 #: Field copied into each prediction when the model names no id field.
 DEFAULT_ID_FIELD = "event_id"
 
+_NUMBER = r"-?[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?"
+
 #: The model options: an embedded SavedModel root, or a model server (one of the two).
 MODEL_SOURCE: tuple[Option, ...] = (
     Option(
@@ -47,7 +49,8 @@ MODEL_SOURCE: tuple[Option, ...] = (
         "Model directory",
         "Directory (local or gs://) holding versioned SavedModels <version>/ with "
         "model_info.json; the newest complete version is used, newer ones are picked up live. "
-        "Set this or modelServerUrl.",
+        "The model of the scorer and of ANOMALY()/IS_ANOMALY() in --filter; or modelServerUrl.",
+        regexes=(r"\S+",),
         example="gs://my-bucket/models/fraud",
         param_type="GCS_READ_FOLDER",
     ),
@@ -56,6 +59,7 @@ MODEL_SOURCE: tuple[Option, ...] = (
         "Anomaly threshold",
         "Overrides the model's threshold: an event is an anomaly when its score is above it.",
         type=float,
+        regexes=(_NUMBER,),
         example="0.85",
     ),
     Option(
@@ -64,6 +68,7 @@ MODEL_SOURCE: tuple[Option, ...] = (
         "Seconds between checks of modelPath for a new model version (> 0).",
         type=float,
         default=30.0,
+        regexes=(_NUMBER,),
         example="30",
     ),
     Option(
@@ -104,6 +109,7 @@ MODEL_SOURCE: tuple[Option, ...] = (
         "Connect/read timeout of one request to the model server, seconds (> 0).",
         type=float,
         default=10.0,
+        regexes=(_NUMBER,),
         example="10",
     ),
     Option(

@@ -28,12 +28,14 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines.common.model_source import ModelChoice, model_from_options
 from pipelines.common.options import GCP_ENDPOINTS, KAFKA_SOURCE, Option, OptionError, validate
 from transforms.decoding.decode import MESSAGE_FORMATS, DecodeAndValidate
 from transforms.decoding.schema import RowSchema
+from transforms.inference.scoring import AttachVerdicts, without_verdicts
 from transforms.kafka.config import KafkaConfig, KafkaConfigError
 from transforms.kafka.reader import ReadFromKafka
-from transforms.preprocessing.expressions import FUNCTIONS, Expr
+from transforms.preprocessing.expressions import FUNCTIONS, MODEL_FUNCTIONS, Expr
 from transforms.preprocessing.filter_project import Filter
 from transforms.sinks.gcp_endpoints import GcpEndpoints
 
@@ -99,8 +101,11 @@ ROW_SOURCE: tuple[Option, ...] = (
         "filter",
         "Row filter",
         "Keep only rows matching this expression (KSQL-style WHERE over the schema's fields, "
-        "see transforms.preprocessing.expressions), e.g. Amount > 0 and Time >= 3600. Rows the "
-        "expression fails on (e.g. a comparison with null) become dead letters.",
+        "see transforms.preprocessing.expressions), e.g. Amount > 0 and Time >= 3600. "
+        "ANOMALY() (the model's score) and IS_ANOMALY() (its verdict) score rows with the "
+        "model of --modelPath/--modelServerUrl, in batches, where the pipeline takes one: "
+        "IS_ANOMALY() exports only anomalous rows. Rows the expression fails on (e.g. a "
+        "comparison with null) or the model cannot read become dead letters.",
         regexes=(r"[^;]{1,2000}",),
         example="Amount > 0 and Time >= 3600",
     ),
@@ -160,7 +165,8 @@ def _row_filter(text: str | None, schema: RowSchema) -> Expr | None:
     names = {
         n.id for n in ast.walk(ast.parse(text.strip(), mode="eval")) if isinstance(n, ast.Name)
     }
-    unknown = sorted(names - set(schema.names) - set(FUNCTIONS) - {"True", "False", "None"})
+    known = {*schema.names, *FUNCTIONS, *MODEL_FUNCTIONS, "True", "False", "None"}
+    unknown = sorted(names - known)
     if unknown:
         raise OptionError(f"--filter={text!r} names fields not in --schemaPath: {unknown}")
     return expr
@@ -209,6 +215,8 @@ class RowSource:
     schema: RowSchema
     avro_schema: dict[str, Any] | None
     row_filter: Expr | None
+    #: The model ANOMALY() in ``--filter`` scores with (None when the filter does not call it).
+    model: ModelChoice | None = None
 
     @classmethod
     def from_options(cls, options: PipelineOptions, declarations: Sequence[Option]) -> RowSource:
@@ -234,7 +242,15 @@ class RowSource:
         endpoints.configure_process()
         schema, avro = load_schema(values["schemaPath"])
         row_filter = _row_filter(values.get("filter"), schema)
-        source = cls(values, streaming, kafka, endpoints, schema, avro, row_filter)
+        model = None
+        if row_filter is not None and row_filter.uses_model:
+            if "modelServerUrl" not in values:
+                raise OptionError(
+                    f"--filter={row_filter.text!r} calls the model, which this pipeline does "
+                    "not take (no --modelPath/--modelServerUrl)"
+                )
+            model = model_from_options(values, schema.names)
+        source = cls(values, streaming, kafka, endpoints, schema, avro, row_filter, model)
         source.reader(read_args)  # ReadFromKafka checks its arguments at construction
         _LOGGER.info(
             "Export source: topic %s, %s, %s mode, Kafka %s",
@@ -287,6 +303,8 @@ class RowSource:
         (no per-element Beam cost; not with ``--filter``, which works row by row)."""
         if batched and self.row_filter is not None:
             raise ValueError("batched rows cannot be filtered: read unbatched with --filter")
+        if self.model is not None:
+            return self._read_score_and_filter(p, with_records, reader_options)
         reader = self.reader(**reader_options)
         decoder = self.decoder().with_records() if with_records else self.decoder()
         if batched:
@@ -299,3 +317,35 @@ class RowSource:
             beam.Flatten()
         )
         return DecodedRows(kept.rows, dead_letters)
+
+    def _read_score_and_filter(
+        self, p: beam.Pipeline, with_records: bool, reader_options: Mapping[str, Any]
+    ) -> DecodedRows:
+        """Kafka → DecodeAndValidate → the model's verdicts in each row (batched RunInference)
+        → ``--filter`` calling ``ANOMALY()`` → rows without the verdict fields."""
+        decoded = (
+            p
+            | "ReadFromKafka" >> self.reader(**reader_options)
+            | "DecodeAndValidate" >> self.decoder().with_records()
+        )
+        scored = decoded.rows | "AttachVerdicts" >> AttachVerdicts(
+            self.model.handler, max_batch_wait_s=0.05 if self.streaming else None
+        )
+        kept = scored.pairs | "Filter" >> Filter(_OnRow(self.row_filter)).with_dead_letters()
+        rows = kept.rows | "WithoutVerdicts" >> beam.Map(
+            _without_verdicts_pair if with_records else _without_verdicts_row
+        )
+        dead_letters = (
+            decoded.dead_letters,
+            scored.dead_letters,
+            kept.dead_letters,
+        ) | "SourceDeadLetters" >> beam.Flatten()
+        return DecodedRows(rows, dead_letters)
+
+
+def _without_verdicts_pair(pair: tuple[Any, Mapping[str, Any]]) -> tuple[Any, dict[str, Any]]:
+    return pair[0], without_verdicts(pair[1])
+
+
+def _without_verdicts_row(pair: tuple[Any, Mapping[str, Any]]) -> dict[str, Any]:
+    return without_verdicts(pair[1])
