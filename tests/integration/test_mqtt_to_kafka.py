@@ -15,24 +15,17 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections import Counter
-from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 from kafka_topics import read_topic
+from mqtt_bridge import Bridge, bridge_args, connect_publisher, event, event_ids, publish
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-LIVE_TIMEOUT_S = 90
 DRAIN_TIMEOUT_S = 60
 
 
@@ -42,107 +35,10 @@ def mqtt_broker(stack_env: dict[str, str]) -> str:
     return stack_env["MQTT_BROKER"]
 
 
-class _Bridge:
-    """The bridge in a subprocess (own process group); ``live()`` waits until it subscribed."""
-
-    def __init__(self, args: list[str], log: Path) -> None:
-        self._args = args
-        self._log = log
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self._log, "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "pipelines.mqtt_to_kafka", *self._args],
-                cwd=REPO,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self._live_marker = self._log.read_bytes().count(b"subscribed to") + 1
-        deadline = time.monotonic() + LIVE_TIMEOUT_S
-        while self._log.read_bytes().count(b"subscribed to") < self._live_marker:
-            assert self.process.poll() is None, f"bridge exited:\n{self.tail()}"
-            assert time.monotonic() < deadline, f"bridge not live:\n{self.tail()}"
-            time.sleep(0.2)
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, sig)
-            self.process.wait(30)
-
-    def tail(self) -> str:
-        return "\n".join(self._log.read_text(errors="replace").splitlines()[-30:])
-
-
-def _bridge_args(broker: str, kafka_bootstrap: str, topic: str, dead: str, client_id: str):
-    return [
-        "--runner=FnApiRunner",
-        "--streaming",
-        f"--mqttBroker={broker}",
-        "--mqttTopicFilter=cars/+/sensors",
-        f"--mqttClientId={client_id}",
-        f"--bootstrapServers={kafka_bootstrap}",
-        f"--kafkaConfig={os.environ['KAFKA_CONFIG']}",
-        f"--outputTopic={topic}",
-        "--messageKey=topic:1",
-        f"--deadLetterTopic={dead}",
-        "--schemaPath=transforms/decoding/schemas/car_sensor.json",
-        "--progressSeconds=0",
-    ]
-
-
-def _publisher(broker: str) -> mqtt.Client:
-    host, port = broker.removeprefix("mqtt://").split(":")
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}", protocol=5
-    )
-    client.max_queued_messages_set(0)
-    client.connect(host, int(port))
-    client.loop_start()
-    return client
-
-
-def _event(index: int) -> tuple[str, bytes]:
-    car = f"car-{index % 7}"
-    row = {
-        "event_id": f"e{index}",
-        "car_id": car,
-        "event_time": "2026-12-04T08:00:00Z",
-        **{name: 1.0 for name in _SENSOR_FIELDS},
-    }
-    return f"cars/{car}/sensors", json.dumps(row).encode()
-
-
-def _sensor_fields() -> list[str]:
-    path = REPO / "transforms/decoding/schemas/car_sensor.json"
-    schema = json.loads(path.read_text())["fields"]
-    required = [f for f in schema if f.get("mode") == "REQUIRED"]
-    names = {"event_id", "car_id", "event_time"}
-    unknown = [f["name"] for f in required if f["name"] not in names and f["type"] != "FLOAT"]
-    assert not unknown, f"the test's event builder does not know {unknown}"
-    return [f["name"] for f in required if f["type"] == "FLOAT"]
-
-
-_SENSOR_FIELDS = _sensor_fields()
-
-
-def _publish(client: mqtt.Client, messages: list[tuple[str, bytes]]) -> None:
-    """Publish with QoS 1 and wait until the broker acknowledged every one."""
-    infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
-    for info in infos:
-        info.wait_for_publish(30)
-        assert info.is_published(), f"publish rc={info.rc}"
-
-
-def _event_ids(messages) -> Counter:
-    return Counter(json.loads(m.value())["event_id"] for m in messages)
-
-
 def test_every_message_reaches_kafka(mqtt_broker, kafka_bootstrap, topic_factory, tmp_path) -> None:
     topic, dead = topic_factory(partitions=3), topic_factory(partitions=1)
-    bridge = _Bridge(
-        _bridge_args(mqtt_broker, kafka_bootstrap, topic, dead, f"it-{uuid.uuid4().hex[:8]}"),
+    bridge = Bridge(
+        bridge_args(mqtt_broker, kafka_bootstrap, topic, dead, f"it-{uuid.uuid4().hex[:8]}"),
         tmp_path / "bridge.log",
     )
     bad = [
@@ -150,11 +46,11 @@ def test_every_message_reaches_kafka(mqtt_broker, kafka_bootstrap, topic_factory
         ("cars/car-2/sensors", b'{"event_id": "x", "car_id": "car-2"}'),  # fields missing
         ("cars/car-3/sensors", b"\xff\xfe"),
     ]
-    publisher = _publisher(mqtt_broker)
+    publisher = connect_publisher(mqtt_broker)
     bridge.start()
     try:
-        good = [_event(i) for i in range(2000)]
-        _publish(publisher, good[:1000] + bad + good[1000:])
+        good = [event(i) for i in range(2000)]
+        publish(publisher, good[:1000] + bad + good[1000:])
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while True:
             outputs, letters = (
@@ -172,7 +68,7 @@ def test_every_message_reaches_kafka(mqtt_broker, kafka_bootstrap, topic_factory
         bridge.kill(signal.SIGTERM)
         publisher.disconnect()
         publisher.loop_stop()
-    ids = _event_ids(outputs)
+    ids = event_ids(outputs)
     assert set(ids) == {f"e{i}" for i in range(2000)}
     for message in outputs[:50]:
         topic_header = dict(message.headers())["mqtt_topic"].decode()
@@ -195,10 +91,10 @@ def test_sigkill_and_restart_lose_nothing(
 ) -> None:
     topic, dead = topic_factory(partitions=3), topic_factory(partitions=1)
     client_id = f"it-kill-{uuid.uuid4().hex[:8]}"
-    bridge = _Bridge(
-        _bridge_args(mqtt_broker, kafka_bootstrap, topic, dead, client_id), tmp_path / "bridge.log"
+    bridge = Bridge(
+        bridge_args(mqtt_broker, kafka_bootstrap, topic, dead, client_id), tmp_path / "bridge.log"
     )
-    publisher = _publisher(mqtt_broker)
+    publisher = connect_publisher(mqtt_broker)
     total = 6000
     published = threading.Event()
     errors: list[BaseException] = []
@@ -206,7 +102,7 @@ def test_sigkill_and_restart_lose_nothing(
     def feed() -> None:  # ~1,500 msg/s in slices, each acknowledged by the broker
         try:
             for start in range(0, total, 150):
-                _publish(publisher, [_event(i) for i in range(start, min(start + 150, total))])
+                publish(publisher, [event(i) for i in range(start, min(start + 150, total))])
                 time.sleep(0.1)
         except BaseException as err:  # noqa: BLE001 - reported by the test thread
             errors.append(err)
@@ -228,7 +124,7 @@ def test_sigkill_and_restart_lose_nothing(
         assert not errors, errors
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while True:
-            ids = _event_ids(read_topic(kafka_bootstrap, topic, 3))
+            ids = event_ids(read_topic(kafka_bootstrap, topic, 3))
             if len(ids) >= total:
                 break
             assert time.monotonic() < deadline, (

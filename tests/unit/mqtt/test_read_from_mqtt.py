@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import apache_beam as beam
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -111,3 +113,30 @@ def test_record_is_a_frozen_value() -> None:
     record = MqttRecord("a/b", b"x", 1, False, 5)
     with pytest.raises(AttributeError):
         record.topic = "c"  # type: ignore[misc]
+
+
+def test_a_bundle_never_acknowledged_makes_the_reader_reconnect_for_a_resend() -> None:
+    from transforms.mqtt.reader import _ReadMqttFn
+
+    broker = reset(_messages(3))
+    read = _ReadMqttFn(
+        CONFIG,
+        ("cars/#",),
+        qos=1,
+        max_records=None,
+        batch_size=10,
+        poll_timeout_s=0.1,
+        max_process_s=1.0,
+        redeliver_after_s=0.0,  # any unacknowledged batch counts as a failed bundle
+        connect_timeout_s=5,
+        client_factory=new_fake_client,
+    )
+    read.setup()
+    try:
+        session = read._open()
+        assert len(session.take(10, 1.0)) == 3  # handed out; its bundle never finalizes
+        time.sleep(0.01)
+        assert read._open() is session and broker.connections == 2  # reconnected
+        assert [r.mid for r in session.take(10, 1.0)] == [1, 2, 3]  # the broker resent them
+    finally:
+        read.teardown()

@@ -1,0 +1,117 @@
+"""Helpers of the MQTT bridge tests: the bridge in a subprocess, a QoS 1 publisher, car events."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+__all__ = ["Bridge", "bridge_args", "connect_publisher", "event", "publish", "event_ids"]
+
+REPO = Path(__file__).resolve().parent.parent
+LIVE_TIMEOUT_S = 90
+
+
+class Bridge:
+    """The bridge in a subprocess (own process group); ``live()`` waits until it subscribed."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self._args = args
+        self._log = log
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self._log, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pipelines.mqtt_to_kafka", *self._args],
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._live_marker = self._log.read_bytes().count(b"subscribed to") + 1
+        deadline = time.monotonic() + LIVE_TIMEOUT_S
+        while self._log.read_bytes().count(b"subscribed to") < self._live_marker:
+            assert self.process.poll() is None, f"bridge exited:\n{self.tail()}"
+            assert time.monotonic() < deadline, f"bridge not live:\n{self.tail()}"
+            time.sleep(0.2)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            self.process.wait(30)
+
+    def tail(self) -> str:
+        return "\n".join(self._log.read_text(errors="replace").splitlines()[-30:])
+
+
+def bridge_args(broker: str, kafka_bootstrap: str, topic: str, dead: str, client_id: str):
+    return [
+        "--runner=FnApiRunner",
+        "--streaming",
+        f"--mqttBroker={broker}",
+        "--mqttTopicFilter=cars/+/sensors",
+        f"--mqttClientId={client_id}",
+        f"--bootstrapServers={kafka_bootstrap}",
+        f"--kafkaConfig={os.environ['KAFKA_CONFIG']}",
+        f"--outputTopic={topic}",
+        "--messageKey=topic:1",
+        f"--deadLetterTopic={dead}",
+        "--schemaPath=transforms/decoding/schemas/car_sensor.json",
+        "--progressSeconds=0",
+    ]
+
+
+def connect_publisher(broker: str) -> mqtt.Client:
+    host, port = broker.removeprefix("mqtt://").split(":")
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}", protocol=5
+    )
+    client.max_queued_messages_set(0)
+    client.connect(host, int(port))
+    client.loop_start()
+    return client
+
+
+def event(index: int) -> tuple[str, bytes]:
+    car = f"car-{index % 7}"
+    row = {
+        "event_id": f"e{index}",
+        "car_id": car,
+        "event_time": "2026-12-04T08:00:00Z",
+        **{name: 1.0 for name in _SENSOR_FIELDS},
+    }
+    return f"cars/{car}/sensors", json.dumps(row).encode()
+
+
+def _sensor_fields() -> list[str]:
+    path = REPO / "transforms/decoding/schemas/car_sensor.json"
+    schema = json.loads(path.read_text())["fields"]
+    required = [f for f in schema if f.get("mode") == "REQUIRED"]
+    names = {"event_id", "car_id", "event_time"}
+    unknown = [f["name"] for f in required if f["name"] not in names and f["type"] != "FLOAT"]
+    assert not unknown, f"the test's event builder does not know {unknown}"
+    return [f["name"] for f in required if f["type"] == "FLOAT"]
+
+
+_SENSOR_FIELDS = _sensor_fields()
+
+
+def publish(client: mqtt.Client, messages: list[tuple[str, bytes]]) -> None:
+    """Publish with QoS 1 and wait until the broker acknowledged every one."""
+    infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
+    for info in infos:
+        info.wait_for_publish(30)
+        assert info.is_published(), f"publish rc={info.rc}"
+
+
+def event_ids(messages) -> Counter:
+    return Counter(json.loads(m.value())["event_id"] for m in messages)
