@@ -23,10 +23,12 @@ from tiny_anomaly_model import CREDITCARD_FEATURES, expected_score
 
 from pipelines.common.model_source import MODEL_SOURCE, model_from_options
 from pipelines.common.options import OptionError
+from pipelines.common.supervisor import permanent_reason
 from transforms.inference.model_server_handler import (
     ModelServerEndpoint,
     ModelServerError,
     ModelServerHandler,
+    ModelServerUnavailable,
     fetch_features,
 )
 from transforms.inference.scoring import ScoreEvents
@@ -269,3 +271,8 @@ def test_model_options_need_exactly_one_model_and_a_server_that_answers(server: 
     choice = model_from_options(_values(modelServerUrl=server.url), FEATURES)
     assert choice.features == FEATURES and choice.id_field == "event_id"
     assert isinstance(choice.handler, ModelServerHandler)
+
+
+def test_an_unknown_model_stops_a_local_stream_but_an_unavailable_server_restarts_it() -> None:
+    assert permanent_reason(ModelServerError("answered HTTP 404")) == "answered HTTP 404"
+    assert permanent_reason(ModelServerUnavailable("answered HTTP 503")) is None
