@@ -26,7 +26,7 @@ from mqtt_bridge import Bridge, bridge_args, connect_publisher, event, event_ids
 
 pytestmark = pytest.mark.integration
 
-DRAIN_TIMEOUT_S = 60
+DRAIN_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="session")
