@@ -24,6 +24,7 @@ RUNTIME = [
     "tqdm>=4.66,<5",
     "tensorboard==2.21.0",  # the trainer's TensorBoard logs (Keras callback)
     "paho-mqtt==2.2.0",  # the MQTT source (transforms/mqtt), manual acks
+    "urllib3==2.8.0",  # the model server client (transforms/inference/model_server_handler.py)
 ]
 
 DEV = [
