@@ -243,7 +243,7 @@ class MqttSession:
         )
 
     def _on_disconnect(self, client, _userdata, _flags, reason_code, _properties) -> None:
-        if client is self._client and not self._closed:
+        if client is self._client and not self._closed and self._refused is None:
             _LOGGER.warning(
                 "MQTT %r: disconnected (%s); reconnecting, unacked messages will be resent",
                 self._config,
