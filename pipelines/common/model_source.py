@@ -35,7 +35,7 @@ from transforms.inference.model_server_handler import (
 )
 from transforms.inference.model_store import ModelStoreError, latest_version, read_model_info
 
-__all__ = ["MODEL_SOURCE", "ModelChoice", "model_from_options"]
+__all__ = ["MODEL_SOURCE", "SCORE_COLUMN", "ModelChoice", "model_from_options"]
 
 #: Field copied into each prediction when the model names no id field.
 DEFAULT_ID_FIELD = "event_id"
@@ -139,6 +139,19 @@ MODEL_SOURCE: tuple[Option, ...] = (
         default=5,
         regexes=(r"[0-9]{1,2}",),
         example="5",
+    ),
+)
+
+
+#: Export pipelines: the model's score as a column of the exported rows.
+SCORE_COLUMN: tuple[Option, ...] = (
+    Option(
+        "anomalyScoreColumn",
+        "Anomaly score column",
+        "Add the model's score of each row (ANOMALY()) as this FLOAT column to the exported rows "
+        "and the output schema; needs modelPath or modelServerUrl.",
+        regexes=(r"[A-Za-z_][A-Za-z0-9_]{0,299}",),
+        example="anomaly_score",
     ),
 )
 

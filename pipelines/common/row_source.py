@@ -31,11 +31,11 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipelines.common.model_source import ModelChoice, model_from_options
 from pipelines.common.options import GCP_ENDPOINTS, KAFKA_SOURCE, Option, OptionError, validate
 from transforms.decoding.decode import MESSAGE_FORMATS, DecodeAndValidate
-from transforms.decoding.schema import RowSchema
+from transforms.decoding.schema import Field, RowSchema
 from transforms.inference.scoring import AttachVerdicts, without_verdicts
 from transforms.kafka.config import KafkaConfig, KafkaConfigError
 from transforms.kafka.reader import ReadFromKafka
-from transforms.preprocessing.expressions import FUNCTIONS, MODEL_FUNCTIONS, Expr
+from transforms.preprocessing.expressions import FUNCTIONS, MODEL_FUNCTIONS, SCORE_FIELD, Expr
 from transforms.preprocessing.filter_project import Filter
 from transforms.sinks.gcp_endpoints import GcpEndpoints
 
@@ -215,8 +215,18 @@ class RowSource:
     schema: RowSchema
     avro_schema: dict[str, Any] | None
     row_filter: Expr | None
-    #: The model ANOMALY() in ``--filter`` scores with (None when the filter does not call it).
+    #: The model ANOMALY() in ``--filter`` or ``--anomalyScoreColumn`` scores with (else None).
     model: ModelChoice | None = None
+    #: The column the exported rows get the model's score in (``--anomalyScoreColumn``).
+    score_column: str | None = None
+
+    @property
+    def output_schema(self) -> RowSchema:
+        """The schema of the rows :meth:`read_and_decode` returns (with the score column)."""
+        if self.score_column is None:
+            return self.schema
+        column = Field(self.score_column, "FLOAT", "NULLABLE", description="ANOMALY()")
+        return RowSchema((*self.schema.fields, column))
 
     @classmethod
     def from_options(cls, options: PipelineOptions, declarations: Sequence[Option]) -> RowSource:
@@ -243,14 +253,19 @@ class RowSource:
         schema, avro = load_schema(values["schemaPath"])
         row_filter = _row_filter(values.get("filter"), schema)
         model = None
-        if row_filter is not None and row_filter.uses_model:
+        score_column = values.get("anomalyScoreColumn")
+        if score_column is not None and score_column in schema:
+            raise OptionError(f"--anomalyScoreColumn={score_column!r} is already a schema field")
+        if score_column is not None or (row_filter is not None and row_filter.uses_model):
             if "modelServerUrl" not in values:
                 raise OptionError(
-                    f"--filter={row_filter.text!r} calls the model, which this pipeline does "
-                    "not take (no --modelPath/--modelServerUrl)"
+                    f"--filter={values.get('filter')!r} calls the model, which this pipeline "
+                    "does not take (no --modelPath/--modelServerUrl)"
                 )
             model = model_from_options(values, schema.names)
-        source = cls(values, streaming, kafka, endpoints, schema, avro, row_filter, model)
+        source = cls(
+            values, streaming, kafka, endpoints, schema, avro, row_filter, model, score_column
+        )
         source.reader(read_args)  # ReadFromKafka checks its arguments at construction
         _LOGGER.info(
             "Export source: topic %s, %s, %s mode, Kafka %s",
@@ -322,7 +337,8 @@ class RowSource:
         self, p: beam.Pipeline, with_records: bool, reader_options: Mapping[str, Any]
     ) -> DecodedRows:
         """Kafka → DecodeAndValidate → the model's verdicts in each row (batched RunInference)
-        → ``--filter`` calling ``ANOMALY()`` → rows without the verdict fields."""
+        → ``--filter`` (may call ``ANOMALY()``) → rows without the verdict fields, with the
+        score in ``--anomalyScoreColumn`` if set."""
         decoded = (
             p
             | "ReadFromKafka" >> self.reader(**reader_options)
@@ -331,21 +347,26 @@ class RowSource:
         scored = decoded.rows | "AttachVerdicts" >> AttachVerdicts(
             self.model.handler, max_batch_wait_s=0.05 if self.streaming else None
         )
-        kept = scored.pairs | "Filter" >> Filter(_OnRow(self.row_filter)).with_dead_letters()
-        rows = kept.rows | "WithoutVerdicts" >> beam.Map(
-            _without_verdicts_pair if with_records else _without_verdicts_row
-        )
-        dead_letters = (
-            decoded.dead_letters,
-            scored.dead_letters,
-            kept.dead_letters,
-        ) | "SourceDeadLetters" >> beam.Flatten()
+        pairs, letters = scored.pairs, [decoded.dead_letters, scored.dead_letters]
+        if self.row_filter is not None:
+            kept = pairs | "Filter" >> Filter(_OnRow(self.row_filter)).with_dead_letters()
+            pairs = kept.rows
+            letters.append(kept.dead_letters)
+        rows = pairs | "WithoutVerdicts" >> beam.Map(_FinishRow(self.score_column, with_records))
+        dead_letters = tuple(letters) | "SourceDeadLetters" >> beam.Flatten()
         return DecodedRows(rows, dead_letters)
 
 
-def _without_verdicts_pair(pair: tuple[Any, Mapping[str, Any]]) -> tuple[Any, dict[str, Any]]:
-    return pair[0], without_verdicts(pair[1])
+class _FinishRow:
+    """A scored pair → the row (or pair) without the verdict fields, the score in ``column``."""
 
+    def __init__(self, column: str | None, with_records: bool) -> None:
+        self._column = column
+        self._with_records = with_records
 
-def _without_verdicts_row(pair: tuple[Any, Mapping[str, Any]]) -> dict[str, Any]:
-    return without_verdicts(pair[1])
+    def __call__(self, pair: tuple[Any, Mapping[str, Any]]) -> Any:
+        record, scored = pair
+        row = without_verdicts(scored)
+        if self._column is not None:
+            row[self._column] = scored[SCORE_FIELD]
+        return (record, row) if self._with_records else row

@@ -1,4 +1,5 @@
-"""ANOMALY() on the real stack: kafka_to_bigquery exports only the rows the model flags."""
+"""ANOMALY() on the real stack: kafka_to_bigquery exports only the rows the model flags, with
+their score as a column (--anomalyScoreColumn)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def test_is_anomaly_filter_exports_only_anomalous_rows_to_bigquery(
             f"--bigqueryEndpoint={stack_env['BIGQUERY_EMULATOR_HOST']}",
             f"--modelPath={tmp_path / 'models'}",
             f"--filter=IS_ANOMALY() and ANOMALY() < {2 * THRESHOLD} or Amount < 0",
+            "--anomalyScoreColumn=anomaly_score",
         ]
     )
 
@@ -49,7 +51,10 @@ def test_is_anomaly_filter_exports_only_anomalous_rows_to_bigquery(
         found = bq_client.list_rows(table, retry=gcp_endpoints.bigquery_retry)
         return [dict(row.items()) for row in found]
 
-    exported = rows(f"{project}.{bq_dataset}.anomalies")
-    assert sorted(exported, key=lambda r: r["event_id"]) == slightly  # no verdict columns
+    exported = sorted(rows(f"{project}.{bq_dataset}.anomalies"), key=lambda r: r["event_id"])
+    scores = [row.pop("anomaly_score") for row in exported]
+    assert exported == slightly  # and no other column
+    expected = [expected_score(r, features=FEATURES) for r in slightly]
+    assert max(abs(a - b) for a, b in zip(scores, expected, strict=True)) <= 1e-5
     letters = rows(f"{project}.{bq_dataset}.anomalies_error_records")
     assert sorted(letter["payload"] for letter in letters) == sorted(invalid_messages())

@@ -126,6 +126,14 @@ def test_a_filter_calling_the_model_needs_a_model_that_fits_the_schema(model_roo
     assert chosen.features == CREDITCARD_FEATURES
     with pytest.raises(OptionError, match="names fields not in --schemaPath: \\['speed'\\]"):
         source("--filter=ANOMALY() > speed", f"--modelPath={model_root}")
+    scored = source("--anomalyScoreColumn=anomaly_score", f"--modelPath={model_root}")
+    assert scored.model is not None and scored.row_filter is None
+    assert scored.output_schema.names == (*scored.schema.names, "anomaly_score")
+    assert scored.output_schema.fields[-1].type == "FLOAT"
+    with pytest.raises(OptionError, match="'Amount' is already a schema field"):
+        source("--anomalyScoreColumn=Amount", f"--modelPath={model_root}")
+    with pytest.raises(OptionError, match="exactly one of --modelPath"):
+        source("--anomalyScoreColumn=anomaly_score")
 
 
 def test_a_pipeline_without_model_options_refuses_a_filter_calling_the_model() -> None:
