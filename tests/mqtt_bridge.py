@@ -14,6 +14,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from transforms.mqtt import MqttConfig, end_session
+
 __all__ = ["Bridge", "bridge_args", "connect_publisher", "event", "publish", "event_ids"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,12 +23,17 @@ LIVE_TIMEOUT_S = 180  # start-up is ~3-15 s; generous for a loaded shared machin
 
 
 class Bridge:
-    """The bridge in a subprocess (own process group); ``live()`` waits until it subscribed."""
+    """The bridge in a subprocess (own process group): ``start()`` returns once it subscribed,
+    ``close()`` stops it and ends its MQTT session (else the broker keeps queuing for it)."""
 
     def __init__(self, args: list[str], log: Path) -> None:
         self._args = args
         self._log = log
         self.process: subprocess.Popen | None = None
+        options = dict(arg[2:].split("=", 1) for arg in args if "=" in arg)
+        self._session = MqttConfig.from_url(
+            options["mqttBroker"], client_id=options["mqttClientId"]
+        )
 
     def start(self) -> None:
         with open(self._log, "ab") as out:
@@ -40,14 +47,28 @@ class Bridge:
         self._live_marker = self._log.read_bytes().count(b"subscribed to") + 1
         deadline = time.monotonic() + LIVE_TIMEOUT_S
         while self._log.read_bytes().count(b"subscribed to") < self._live_marker:
-            assert self.process.poll() is None, f"bridge exited:\n{self.tail()}"
-            assert time.monotonic() < deadline, f"bridge not live:\n{self.tail()}"
+            problem = None
+            if self.process.poll() is not None:
+                problem = "bridge exited"
+            elif time.monotonic() > deadline:
+                problem = f"bridge not live after {LIVE_TIMEOUT_S} s"
+            if problem:
+                self.kill()
+                raise AssertionError(f"{problem}:\n{self.tail()}")
             time.sleep(0.2)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, sig)
-            self.process.wait(30)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(30)
+
+    def close(self) -> None:
+        self.kill(signal.SIGTERM)
+        end_session(self._session)
 
     def tail(self) -> str:
         return "\n".join(self._log.read_text(errors="replace").splitlines()[-30:])
@@ -60,6 +81,7 @@ def bridge_args(broker: str, kafka_bootstrap: str, topic: str, dead: str, client
         f"--mqttBroker={broker}",
         "--mqttTopicFilter=cars/+/sensors",
         f"--mqttClientId={client_id}",
+        "--mqttSessionExpirySeconds=600",  # a backstop: close() ends the session
         f"--bootstrapServers={kafka_bootstrap}",
         f"--kafkaConfig={os.environ['KAFKA_CONFIG']}",
         f"--outputTopic={topic}",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import json
-import signal
 import threading
 import time
 import uuid
@@ -47,8 +46,8 @@ def test_every_message_reaches_kafka(mqtt_broker, kafka_bootstrap, topic_factory
         ("cars/car-3/sensors", b"\xff\xfe"),
     ]
     publisher = connect_publisher(mqtt_broker)
-    bridge.start()
     try:
+        bridge.start()
         good = [event(i) for i in range(2000)]
         publish(publisher, good[:1000] + bad + good[1000:])
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
@@ -65,7 +64,7 @@ def test_every_message_reaches_kafka(mqtt_broker, kafka_bootstrap, topic_factory
             )
             time.sleep(0.5)
     finally:
-        bridge.kill(signal.SIGTERM)
+        bridge.close()
         publisher.disconnect()
         publisher.loop_stop()
     ids = event_ids(outputs)
@@ -109,9 +108,9 @@ def test_sigkill_and_restart_lose_nothing(
         finally:
             published.set()
 
-    bridge.start()
     feeder = threading.Thread(target=feed, daemon=True)
     try:
+        bridge.start()
         feeder.start()
         time.sleep(1.5)
         bridge.kill()  # SIGKILL mid-stream: records in flight, acks not sent
@@ -132,7 +131,7 @@ def test_sigkill_and_restart_lose_nothing(
             )
             time.sleep(0.5)
     finally:
-        bridge.kill(signal.SIGTERM)
+        bridge.close()
         publisher.disconnect()
         publisher.loop_stop()
     assert set(ids) == {f"e{i}" for i in range(total)}

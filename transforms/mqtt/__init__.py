@@ -2,7 +2,7 @@
 
 from transforms.mqtt.config import MqttConfig, MqttConfigError
 from transforms.mqtt.reader import ReadFromMqtt
-from transforms.mqtt.session import MqttConnectError, MqttPermanentError, MqttRecord
+from transforms.mqtt.session import MqttConnectError, MqttPermanentError, MqttRecord, end_session
 
 __all__ = [
     "MqttConfig",
@@ -11,4 +11,5 @@ __all__ = [
     "MqttPermanentError",
     "MqttRecord",
     "ReadFromMqtt",
+    "end_session",
 ]

@@ -150,9 +150,10 @@ class MqttConfig:
     def url(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
-    def new_client(self) -> mqtt.Client:
+    def new_client(self, *, clean: bool = False) -> mqtt.Client:
         """A paho client for this session with manual acknowledgements (not connected yet).
 
+        ``clean``: for a connection that ends the session (MQTT 3.1.1 decides at construction).
         Resolves the password: call it on the worker.
         """
         protocol = PROTOCOLS[self.protocol]
@@ -160,7 +161,7 @@ class MqttConfig:
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=protocol,
-            clean_session=None if protocol == mqtt.MQTTv5 else False,
+            clean_session=None if protocol == mqtt.MQTTv5 else clean,
             manual_ack=True,
         )
         if self.username:
@@ -170,17 +171,20 @@ class MqttConfig:
             client.tls_set(ca_certs=self.ca_certificate, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         return client
 
-    def connect(self, client: mqtt.Client) -> None:
-        """Open the persistent session (blocking TCP connect; the CONNACK comes to the loop)."""
+    def connect(self, client: mqtt.Client, *, clean: bool = False) -> None:
+        """Open the persistent session (blocking TCP connect; the CONNACK comes to the loop).
+
+        ``clean`` starts afresh and lets the session end with the connection instead.
+        """
         if self.protocol == "5":
             properties = Properties(PacketTypes.CONNECT)
-            properties.SessionExpiryInterval = self.session_expiry_s
+            properties.SessionExpiryInterval = 0 if clean else self.session_expiry_s
             properties.ReceiveMaximum = self.receive_maximum
             client.connect(
                 self.host,
                 self.port,
                 keepalive=self.keepalive_s,
-                clean_start=False,
+                clean_start=clean,
                 properties=properties,
             )
         else:

@@ -46,6 +46,7 @@ __all__ = [
     "MqttPermanentError",
     "open_session",
     "close_session",
+    "end_session",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -369,3 +370,25 @@ def close_session(session: MqttSession) -> None:
         if _SESSIONS.get(session._config.client_id) is session:
             del _SESSIONS[session._config.client_id]
     session.close()
+
+
+def end_session(config: MqttConfig, *, timeout_s: float = 10.0) -> None:
+    """Discard ``config.client_id``'s session on the broker, with the messages queued for it.
+
+    For a subscriber retired for good: its session would otherwise keep queuing everything its
+    filters match until it expires. Raises :class:`MqttConnectError` if the broker does not answer.
+    """
+    client = config.new_client(clean=True)
+    answered = threading.Event()
+    client.on_connect = lambda *_: answered.set()
+    try:
+        config.connect(client, clean=True)
+    except OSError as err:
+        raise MqttConnectError(f"MQTT broker {config.url} unreachable: {err}") from err
+    client.loop_start()
+    try:
+        if not answered.wait(timeout_s):
+            raise MqttConnectError(f"MQTT broker {config.url} did not answer in {timeout_s:g} s")
+    finally:
+        client.disconnect()
+        client.loop_stop()

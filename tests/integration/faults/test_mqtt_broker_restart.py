@@ -11,7 +11,6 @@ resends what was unacknowledged; every event must end in Kafka (duplicates allow
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -84,7 +83,7 @@ def test_broker_restart_loses_nothing(kafka_bootstrap, topic_factory, tmp_path) 
             )
             time.sleep(0.5)
     finally:
-        bridge.kill(signal.SIGTERM)
+        bridge.close()
         broker.stack("down", "mqtt")
     assert set(ids) == {f"e{i}" for i in range(TOTAL)}
     assert (
