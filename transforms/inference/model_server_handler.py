@@ -286,10 +286,6 @@ class ModelServerClient:
             clean.append(float(score))
         return Verdicts(clean, [bool(f) for f in flags], thresholds, versions, errors)
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=False)
-        self._http.clear()
-
 
 def fetch_features(
     endpoint: ModelServerEndpoint, http: urllib3.PoolManager | None = None
