@@ -49,6 +49,7 @@ from pipelines.demo.monitor import MonitorSnapshot, ScoringMonitor
 from pipelines.demo.use_case import USE_CASES, UseCase
 from transforms.decoding.schema import bundled_schema_path
 from transforms.kafka.config import KafkaConfig
+from transforms.mqtt import MqttConfig, end_session
 from transforms.sinks.gcp_endpoints import GcpEndpoints
 
 __all__ = ["DemoSettings", "run"]
@@ -722,13 +723,17 @@ def _bridge_argv(run: _Run) -> list[str]:
         "--streaming",
         f"--mqttBroker={run.mqtt_broker}",
         f"--mqttTopicFilter={run.mqtt_root}/+/sensors",
-        f"--mqttClientId=demo-{run.run_id}-bridge",
-        # The demo's session need not outlive it on the broker.
+        f"--mqttClientId={_bridge_id(run)}",
+        # A backstop: the run ends its session (end_session) when it stops the bridge.
         "--mqttSessionExpirySeconds=300",
         f"--outputTopic={run.topics['history']}",
         f"--messageKey=topic:{run.mqtt_root.count('/') + 1}",
         f"--deadLetterTopic={run.topics['bridge_deadletters']}",
     ]
+
+
+def _bridge_id(run: _Run) -> str:
+    return f"demo-{run.run_id}-bridge"
 
 
 def _start_bridge(run: _Run, stack: contextlib.ExitStack) -> dict[str, Any]:
@@ -738,6 +743,8 @@ def _start_bridge(run: _Run, stack: contextlib.ExitStack) -> dict[str, Any]:
     config = _kafka_config(run)
     for name in ("history", "bridge_deadletters"):
         generate_events.ensure_topic(config, run.topics[name], 3)
+    # Registered first, so it runs after the bridge stopped: the run's session is not kept.
+    stack.callback(end_session, MqttConfig.from_url(run.mqtt_broker, client_id=_bridge_id(run)))
     bridge = stack.enter_context(
         _pipeline("pipelines.mqtt_to_kafka", _bridge_argv(run), run.bridge_log)
     )

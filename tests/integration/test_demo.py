@@ -97,14 +97,14 @@ def _delete_run_state(summary: dict, kafka_config, gcp_endpoints) -> None:
         blob.delete()
 
 
-def test_demo_accounts_for_every_event_and_leaves_nothing_running(
-    stack_env, kafka_config, gcp_endpoints, tmp_path
-):
+def _run_demo(tmp_path: Path, *options: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """``python -m pipelines.demo`` reduced in size, on the shared stack; its output and summary."""
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "pipelines.demo",
+            *options,
             f"--events={EVENTS}",
             f"--burst-events={BURST_EVENTS}",
             f"--live-events={LIVE_EVENTS}",
@@ -112,7 +112,6 @@ def test_demo_accounts_for_every_event_and_leaves_nothing_running(
             "--epochs=5",
             f"--seed={SEED}",
             f"--malformed={MALFORMED}",
-            f"--live-fraud-rate={LIVE_FRAUD_RATE}",
             f"--output-dir={tmp_path}",
             "--keep-stack",  # the stack is shared with other tests: never stopped by the demo
         ],
@@ -125,7 +124,13 @@ def test_demo_accounts_for_every_event_and_leaves_nothing_running(
     (tmp_path / "demo-stdout.txt").write_text(result.stdout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (summary_path,) = tmp_path.glob("*/summary.json")
-    summary = json.loads(summary_path.read_text())
+    return result, json.loads(summary_path.read_text())
+
+
+def test_demo_accounts_for_every_event_and_leaves_nothing_running(
+    stack_env, kafka_config, gcp_endpoints, tmp_path
+):
+    result, summary = _run_demo(tmp_path, f"--live-fraud-rate={LIVE_FRAUD_RATE}")
     try:
         tfrecord_rows = _tfrecord_rows(summary["tfrecords"])
         bigquery_dead_letters = (
@@ -192,33 +197,7 @@ def test_cars_demo_bridges_every_mqtt_message_and_scores_it(
     stack_env, kafka_config, gcp_endpoints, tmp_path
 ):
     """``--use-case cars``: cars → MQTT → bridge → Kafka → export → train → live scoring."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.demo",
-            "--use-case=cars",
-            f"--events={EVENTS}",
-            f"--burst-events={BURST_EVENTS}",
-            f"--live-events={LIVE_EVENTS}",
-            "--rate=100",
-            "--epochs=5",
-            f"--seed={SEED}",
-            f"--malformed={MALFORMED}",
-            "--live-fraud-rate=0.02",
-            f"--output-dir={tmp_path}",
-            "--keep-stack",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=600,
-    )
-    (tmp_path / "demo-stdout.txt").write_text(result.stdout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (summary_path,) = tmp_path.glob("*/summary.json")
-    summary = json.loads(summary_path.read_text())
+    result, summary = _run_demo(tmp_path, "--use-case=cars", "--live-fraud-rate=0.02")
     try:
         tfrecord_rows = _tfrecord_rows(summary["tfrecords"])
     finally:
