@@ -29,6 +29,8 @@ RUNTIME = [
     "jinja2>=3.0,<3.2",
     "jsonschema>=4.0,<5",
     "docstring-parser>=0.15,<1.0",
+    "paho-mqtt==2.2.0",  # the MQTT source (transforms/mqtt), manual acks
+    "urllib3==2.8.0",  # the model server client (transforms/inference/model_server_handler.py)
 ]
 
 # The DaskRunner's engine (``pip install kafka-beam-ml[dask]``; docs/scaling.md). Beam 2.77's own

@@ -7,6 +7,10 @@ Same run, same broker, same model, same events (default 200k credit-card-shaped 
   (b) the same pipeline with Beam's stock ``TFModelHandlerNumpy`` (Keras ``.keras`` file of the
       same network, adapted to the pipeline's ``(KafkaRecord, row)`` → ``Score`` contract)
   (c) a raw confluent-kafka consume → predict → produce loop with the same SavedModel (the ceiling)
+  (d) with ``--model-server``: the pipeline scoring on a model server
+      (:class:`~transforms.inference.model_server_handler.ModelServerHandler`, OIP v2) — the
+      local stack's KServe server (serving/anomaly_model_server.py) serving the same SavedModel,
+      on a private port — and its streaming latency next to the embedded model's
 
 plus both handlers' ``run_inference`` alone (no Beam, no Kafka) on the same rows. Each timed run
 also reports events per CPU-second of this process (all its threads: Beam, librdkafka, TF).
@@ -26,6 +30,7 @@ the broker to go idle before each timing.
     .venv/bin/python bench/bench_scoring.py                 # everything, 200k events
     .venv/bin/python bench/bench_scoring.py --events 20000 --skip-latency
     .venv/bin/python bench/bench_scoring.py --only-latency --plot docs/images/scoring_latency.png
+    .venv/bin/python bench/bench_scoring.py --model-server --skip-stock --events 20000  # (a) vs (d)
 """
 
 from __future__ import annotations
@@ -62,16 +67,30 @@ _LOGGER = logging.getLogger("bench_scoring")
 
 
 class PrivateBroker:
-    """noida-db on a private port through scripts/stack.sh with its own state directory."""
+    """noida-db on a private port through scripts/stack.sh with its own state directory.
 
-    def __init__(self, port: int) -> None:
+    With ``model_dir`` (a SavedModel version directory) the stack's model server runs too, on
+    ``model_server_port``, serving a copy of it as model ``anomaly``.
+    """
+
+    def __init__(
+        self, port: int, model_dir: str | None = None, model_server_port: int = 19185
+    ) -> None:
         self.bootstrap = f"127.0.0.1:{port}"
+        self.model_server_url = f"http://127.0.0.1:{model_server_port}" if model_dir else None
+        self._model_dir = model_dir
         self._dir = tempfile.mkdtemp(prefix="bench-scoring-stack-")
-        self._env = {**os.environ, "KBML_STACK_DIR": self._dir, "KBML_KAFKA_PORT": str(port)}
+        self._env = {**os.environ, "KBML_STACK_DIR": self._dir, "KBML_KAFKA_PORT": str(port),
+                     "KBML_MODEL_SERVER_PORT": str(model_server_port)}  # fmt: skip
 
     def __enter__(self) -> PrivateBroker:
+        services = ["kafka"]
+        if self._model_dir is not None:
+            served = os.path.join(self._dir, "data", "models", "anomaly", "1")
+            shutil.copytree(self._model_dir, served)
+            services.append("model-server")
         subprocess.run(
-            [os.path.join(REPO, "scripts", "stack.sh"), "up", "kafka"], env=self._env, check=True
+            [os.path.join(REPO, "scripts", "stack.sh"), "up", *services], env=self._env, check=True
         )
         return self
 
@@ -236,8 +255,21 @@ def stock_handler(keras_path: str):
     )
 
 
+def model_flags(model_root: str, server_url: str | None = None) -> list[str]:
+    """score_events flags for the embedded model, or for the model server at ``server_url``."""
+    if server_url is None:
+        return [f"--modelPath={model_root}"]
+    return [f"--modelServerUrl={server_url}", "--modelName=anomaly", "--modelServerProtocol=v2"]
+
+
 def run_pipeline(
-    bootstrap: str, model_root: str, source: str, sink: str, handler=None, fields: str = ""
+    bootstrap: str,
+    model_root: str,
+    source: str,
+    sink: str,
+    handler=None,
+    server_url=None,
+    fields: str = "",
 ) -> float:
     """Score the whole ``source`` topic into ``sink`` in batch mode; returns wall seconds."""
     import apache_beam as beam
@@ -253,7 +285,7 @@ def run_pipeline(
         f"--outputTopic={sink}",
         "--startOffset=earliest",
         f"--schemaPath={bundled_schema_path('creditcard')}",
-        f"--modelPath={model_root}",
+        *model_flags(model_root, server_url),
         *([f"--predictionFields={fields}"] if fields else []),
     ]
     opts = parse_and_validate(argv, ScoreEventsOptions, OPTIONS)
@@ -356,7 +388,12 @@ LEAN_FIELDS = "event_id,score,is_anomaly"
 
 
 def measure_latency(
-    bootstrap: str, model_root: str, rate: int, seconds: float, broker_pid: int | None = None
+    bootstrap: str,
+    model_root: str,
+    rate: int,
+    seconds: float,
+    broker_pid: int | None = None,
+    server_url: str | None = None,
 ) -> Latencies:
     """Run the streaming pipeline and feed it ``rate`` msg/s (event ``i`` sent at ``i / rate``).
 
@@ -377,7 +414,8 @@ def measure_latency(
          f"--bootstrapServers={bootstrap}", f"--inputTopic={source}", f"--outputTopic={sink}",
          "--kafkaConfig=" + ";".join(f"{k}={v}" for k, v in LOCAL.items()),
          f"--consumerGroupId=lat-{suffix}", "--startOffset=earliest",
-         f"--schemaPath={bundled_schema_path('creditcard')}", f"--modelPath={model_root}"],
+         f"--schemaPath={bundled_schema_path('creditcard')}",
+         *model_flags(model_root, server_url)],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     # One consumer reads both topics: a second client would cost the 2-core machine enough CPU
@@ -515,6 +553,33 @@ def plot_latency(latencies: Latencies, rate: int, path: str) -> None:
     plt.close(fig)
 
 
+def report_latency(latencies: Latencies, rate: int, label: str) -> float | None:
+    """Print p50/p99 (and the same run's broker baseline and CPU); return the p99 in ms."""
+    if not latencies.pipeline:
+        print(f"\nlatency ({label}): no event arrived")
+        return None
+    p50, p99 = percentiles_ms(latencies.pipeline)
+    print(
+        f"\nlatency ({label}) at {rate} msg/s streaming ({len(latencies.pipeline)} events): "
+        f"p50 {p50:.0f} ms, p99 {p99:.0f} ms  (target p99 <= 1 s)"
+    )
+    if latencies.broker:
+        base50, base99 = percentiles_ms(latencies.broker)
+        print(
+            f"  broker only, same run ({len(latencies.broker)} events): "
+            f"p50 {base50:.0f} ms, p99 {base99:.0f} ms; "
+            f"pipeline/broker p50 {p50 / base50:.1f}x, p99 {p99 / base99:.1f}x"
+        )
+    if latencies.cpu:
+        broker_cores, scorer_cores = np.array(latencies.cpu)[:, 1:].T
+        print(
+            f"  CPU cores median/max: broker {np.median(broker_cores):.2f}/"
+            f"{broker_cores.max():.2f}, scorer {np.median(scorer_cores):.2f}/"
+            f"{scorer_cores.max():.2f}"
+        )
+    return p99
+
+
 def _event_ms(text: str) -> float:
     import datetime
 
@@ -548,13 +613,19 @@ def main() -> None:
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--only-latency", action="store_true")
     parser.add_argument("--plot", help="write the latency plot (PNG) here")
+    parser.add_argument(
+        "--model-server", action="store_true", help="also (d): score on the stack's model server"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
 
     workdir = tempfile.mkdtemp(prefix="bench-scoring-")
     model_root, keras_path = export_models(workdir)
     import_pipeline_modules()
-    broker = PrivateBroker(args.port) if args.bootstrap is None else None
+    if args.model_server and args.bootstrap is not None:
+        parser.error("--model-server runs its own stack: drop --bootstrap")
+    model_dir = os.path.join(model_root, "1") if args.model_server else None
+    broker = PrivateBroker(args.port, model_dir) if args.bootstrap is None else None
     try:
         if broker is not None:
             broker.__enter__()
@@ -562,7 +633,7 @@ def main() -> None:
         pid = broker.pid() if broker is not None else None
         suffix = uuid.uuid4().hex[:8]
         source = f"bench-in-{suffix}"
-        sinks = {name: f"bench-out-{name}-{suffix}" for name in ("a", "a-lean", "b", "c")}
+        sinks = {name: f"bench-out-{name}-{suffix}" for name in ("a", "a-lean", "b", "c", "d")}
         results: dict[str, float] = {}
         per_cpu_s: dict[str, float] = {}
         runs: list[tuple[str, Callable[[], float]]] = [
@@ -571,6 +642,10 @@ def main() -> None:
                 bootstrap, model_root, source, sinks["a-lean"], fields=LEAN_FIELDS)),  # fmt: skip
             ("c", lambda: raw_loop(bootstrap, model_root, source, sinks["c"], args.events)),
         ]
+        server_url = broker.model_server_url if broker is not None else None
+        if server_url is not None:
+            runs.insert(1, ("d", lambda: run_pipeline(
+                bootstrap, model_root, source, sinks["d"], server_url=server_url)))  # fmt: skip
         if args.only_latency:
             runs = []
         else:
@@ -599,6 +674,7 @@ def main() -> None:
             "a-lean": "pipeline, lean prediction record",
             "b": "pipeline + stock TFModelHandlerNumpy",
             "c": "raw confluent-kafka loop",
+            "d": "pipeline + ModelServerHandler (KServe)",
         }
         if results:
             print(f"\n{args.events} events, {PARTITIONS} partitions")
@@ -614,6 +690,8 @@ def main() -> None:
                     f"  ({name})/(c) = {results[name] / results['c']:.2f} "
                     f"(per CPU-second {per_cpu_s[name] / per_cpu_s['c']:.2f})   (target >= 0.7)"
                 )
+            if "d" in results:
+                print(f"  (d)/(a) = {results['d'] / results['a']:.2f}   (remote / embedded)")
 
         if not args.skip_stock and not args.only_latency:
             rates = handlers_only(model_root, keras_path, min(args.events, 50_000))
@@ -623,33 +701,21 @@ def main() -> None:
             print(f"  handler only ratio = {ours / stock:.1f}")
 
         if not args.skip_latency:
-            wait_until_idle(pid)
-            latencies = measure_latency(
-                bootstrap, model_root, args.rate, args.latency_seconds, broker_pid=pid
-            )
-            if latencies.pipeline:
-                p50, p99 = percentiles_ms(latencies.pipeline)
-                print(
-                    f"\nlatency at {args.rate} msg/s streaming ({len(latencies.pipeline)} events): "
-                    f"p50 {p50:.0f} ms, p99 {p99:.0f} ms  (target p99 <= 1 s)"
+            targets = [("embedded", None)] + ([("model server", server_url)] if server_url else [])
+            p99s = {}
+            for label, url in targets:
+                wait_until_idle(pid)
+                latencies = measure_latency(
+                    bootstrap, model_root, args.rate, args.latency_seconds, pid, server_url=url
                 )
-                if latencies.broker:
-                    base50, base99 = percentiles_ms(latencies.broker)
-                    print(
-                        f"  broker only, same run ({len(latencies.broker)} events): "
-                        f"p50 {base50:.0f} ms, p99 {base99:.0f} ms; "
-                        f"pipeline/broker p50 {p50 / base50:.1f}x, p99 {p99 / base99:.1f}x"
-                    )
-                if latencies.cpu:
-                    broker_cores, scorer_cores = np.array(latencies.cpu)[:, 1:].T
-                    print(
-                        f"  CPU cores median/max: broker {np.median(broker_cores):.2f}/"
-                        f"{broker_cores.max():.2f}, scorer {np.median(scorer_cores):.2f}/"
-                        f"{scorer_cores.max():.2f}"
-                    )
-                if args.plot:
+                p99s[label] = report_latency(latencies, args.rate, label)
+                if args.plot and url is None:
                     plot_latency(latencies, args.rate, args.plot)
                     print(f"latency plot: {args.plot}")
+            if len(p99s) == 2 and None not in p99s.values():
+                print(
+                    f"  p99 model server / embedded = {p99s['model server'] / p99s['embedded']:.2f}"
+                )
     finally:
         if broker is not None:
             broker.__exit__(None, None, None)

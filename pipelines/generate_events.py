@@ -13,6 +13,13 @@ Usage::
     python -m pipelines.generate_events --kind creditcard --bootstrapServers 127.0.0.1:9092 \\
         --topic transactions --count 100000 --rate 1000 --seed 7 --malformed 0.01
     python -m pipelines.generate_events --kind creditcard --csv creditcard.csv ...
+
+With ``--mqttBroker`` the events are published to MQTT instead (QoS 1, each acknowledged by the
+broker), one topic per key: ``--mqttTopic`` (default ``cars/{key}/sensors``) with ``{key}``
+replaced by the car or card id — connected cars reporting over MQTT::
+
+    python -m pipelines.generate_events --kind car_sensor --mqttBroker mqtt://127.0.0.1:1883 \\
+        --count 10000 --rate 500
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import dataclasses
 import itertools
 import logging
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -29,10 +37,18 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from tqdm import tqdm
 
-from pipelines.common.options import KAFKA_CONNECTION, Option, OptionError, options_class, validate
+from pipelines.common.options import (
+    KAFKA_CONNECTION,
+    MQTT_CONNECTION,
+    Option,
+    OptionError,
+    options_class,
+    validate,
+)
 from pipelines.demo import synthetic_data
 from transforms.kafka.config import KafkaConfig, KafkaConfigError
 from transforms.kafka.writer import PRODUCER_DEFAULTS
+from transforms.mqtt.config import MqttConfig, MqttConfigError
 
 __all__ = [
     "OPTIONS",
@@ -41,6 +57,7 @@ __all__ = [
     "messages_for",
     "ensure_topic",
     "produce_messages",
+    "publish_messages",
     "run",
 ]
 
@@ -50,10 +67,15 @@ _KEYS = {"creditcard": "card_id", "car_sensor": "car_id"}
 _PROGRESS_EVERY = 256
 
 OPTIONS: tuple[Option, ...] = (
-    *KAFKA_CONNECTION,
+    dataclasses.replace(KAFKA_CONNECTION[0], required=False),  # not with --mqttBroker
+    *KAFKA_CONNECTION[1:],
+    *MQTT_CONNECTION,
+    Option("mqttTopic", "MQTT topic", "With --mqttBroker: topic of each event, {key} replaced "
+           "by its car_id/card_id.", default="cars/{key}/sensors",
+           regexes=(r"[^#+\x00]+",), example="cars/{key}/sensors"),
     Option("kind", "Event kind", "creditcard or car_sensor.", required=True,
            choices=tuple(_KEYS), example="creditcard"),
-    Option("topic", "Topic", "Kafka topic to produce to.", required=True,
+    Option("topic", "Topic", "Kafka topic to produce to (required without --mqttBroker).",
            regexes=(r"[A-Za-z0-9._\-]{1,249}",), example="transactions",
            param_type="KAFKA_TOPIC"),
     Option("count", "Count", "Number of events (with --csv: at most this many rows; default "
@@ -189,10 +211,71 @@ def produce_messages(
     return summary
 
 
+def publish_messages(
+    config: MqttConfig,
+    topic_template: str,
+    messages: Iterable[synthetic_data.Message],
+    *,
+    total: int | None = None,
+    rate: float | None = None,
+    progress: bool = True,
+    timeout_s: float = 60.0,
+) -> ProduceSummary:
+    """Publish ``messages`` with QoS 1 to ``topic_template.format(key=...)``, wait for every ack.
+
+    Raises:
+      RuntimeError: the broker did not acknowledge every message within ``timeout_s``.
+    """
+    client = config.new_client()
+    client.max_queued_messages_set(0)
+    config.connect(client)
+    client.loop_start()
+    summary = ProduceSummary()
+    pending = []
+    start = time.monotonic()
+    bar = tqdm(total=total, unit="msg", disable=not progress, desc=topic_template)
+    try:
+        for index, message in enumerate(messages):
+            if rate:
+                ahead = start + index / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            key = (message.key or b"").decode("utf-8", "replace") or "unkeyed"
+            pending.append(client.publish(topic_template.format(key=key), message.value, qos=1))
+            if message.malformed:
+                summary.malformed[message.malformed] += 1
+            if index % _PROGRESS_EVERY == 0:
+                bar.update(index + 1 - bar.n)
+        deadline = time.monotonic() + timeout_s
+        for info in pending:
+            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            if info.is_published():
+                summary.delivered += 1
+            else:
+                summary.failed += 1
+        bar.update(len(pending) - bar.n)
+    finally:
+        bar.close()
+        client.disconnect()
+        client.loop_stop()
+    summary.seconds = time.monotonic() - start
+    if summary.failed:
+        raise RuntimeError(
+            f"{summary.failed} of {len(pending)} messages were not acknowledged by "
+            f"{config.url} within {timeout_s:g} s"
+        )
+    return summary
+
+
 def run(argv: Sequence[str] | None = None) -> ProduceSummary:
-    """Parse the options, create the topic if needed and produce."""
+    """Parse the options, create the topic if needed and produce (or publish to MQTT)."""
     opts = GenerateEventsOptions(list(argv) if argv is not None else None)
     values = validate(opts, OPTIONS)
+    if values.get("mqttBroker"):
+        return _publish(values)
+    for name in ("bootstrapServers", "topic"):
+        if not values.get(name):
+            raise OptionError(f"--{name} is required (unless --mqttBroker publishes to MQTT)")
     try:
         config = KafkaConfig.from_options(values)
     except KafkaConfigError as err:
@@ -207,6 +290,33 @@ def run(argv: Sequence[str] | None = None) -> ProduceSummary:
         summary.delivered,
         values["kind"],
         values["topic"],
+        summary.seconds,
+        summary.rate,
+        dict(summary.malformed) or "none",
+    )
+    return summary
+
+
+def _publish(values: Mapping[str, Any]) -> ProduceSummary:
+    try:
+        config = MqttConfig.from_options(
+            values, client_id=f"generate-events-{uuid.uuid4().hex[:12]}", session_expiry_s=60
+        )
+    except MqttConfigError as err:
+        raise OptionError(str(err)) from err
+    summary = publish_messages(
+        config,
+        values["mqttTopic"],
+        messages_for(values),
+        total=values.get("count"),
+        rate=values.get("rate"),
+    )
+    _LOGGER.info(
+        "Published %d %s events to %s (%s) in %.1f s (%.0f msg/s); malformed: %s",
+        summary.delivered,
+        values["kind"],
+        config.url,
+        values["mqttTopic"],
         summary.seconds,
         summary.rate,
         dict(summary.malformed) or "none",

@@ -26,6 +26,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 from pipelines.common.metrics_server import metrics_server_from_options
+from pipelines.common.model_source import MODEL_SOURCE, SCORE_COLUMN
 from pipelines.common.options import Option, OptionError, options_class
 from pipelines.common.row_source import ROW_SOURCE, TABLE_SPEC_REGEX, RowSource, group_lease
 from pipelines.common.supervisor import run_pipeline
@@ -94,6 +95,8 @@ OPTIONS: tuple[Option, ...] = (
         regexes=(r"[1-9][0-9]{0,4}",),
         example="500",
     ),
+    *MODEL_SOURCE,  # for ANOMALY()/IS_ANOMALY() in --filter and --anomalyScoreColumn
+    *SCORE_COLUMN,
 )
 
 KafkaToBigQueryOptions = options_class("KafkaToBigQueryOptions", OPTIONS)
@@ -158,7 +161,7 @@ def build_pipeline(
     decoded = source.read_and_decode(p, with_records=True)
     written = decoded.rows | "WriteRows" >> WriteRowsToBigQuery(
         table,
-        source.schema,
+        source.output_schema,
         method=values["writeMethod"],
         endpoints=source.endpoints,
         create_disposition=values["createDisposition"],

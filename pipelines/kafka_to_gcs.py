@@ -32,6 +32,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.common.metrics_server import metrics_server_from_options
+from pipelines.common.model_source import MODEL_SOURCE, SCORE_COLUMN
 from pipelines.common.options import Option, OptionError, options_class
 from pipelines.common.row_source import ROW_SOURCE, RowSource, group_lease
 from pipelines.common.supervisor import run_pipeline
@@ -118,6 +119,8 @@ OPTIONS: tuple[Option, ...] = (
         regexes=(r"[A-Za-z_][A-Za-z0-9_]*",),
         example="Class",
     ),
+    *MODEL_SOURCE,  # for ANOMALY()/IS_ANOMALY() in --filter and --anomalyScoreColumn
+    *SCORE_COLUMN,
 )
 
 KafkaToGcsOptions = options_class("KafkaToGcsOptions", OPTIONS)
@@ -183,13 +186,13 @@ def build_pipeline(
 
         transform_dir = FileSystems.join(directory, TRANSFORM_DIR)
         _ = decoded.rows | "AnalyzeTransform" >> AnalyzeAndWriteTransform(
-            source.schema,
+            source.output_schema,
             transform_dir,
             label=values.get("labelField"),
         )
     written = decoded.rows | "WriteTFRecords" >> WriteTFRecords(
         FileSystems.join(directory, SHARD_PREFIX),
-        source.schema,
+        source.output_schema,
         num_shards=values["numShards"],
         file_name_suffix=_SUFFIXES[values["compression"]],
         transform_dir=transform_dir,

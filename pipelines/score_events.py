@@ -2,10 +2,13 @@
 
 ``inputTopic`` → :class:`~transforms.decoding.decode.DecodeAndValidate` (bad messages to
 ``deadLetterTopic`` as ``DeadLetter.to_json()``) → RunInference with
-:class:`~transforms.inference.model_handler.SavedModelHandler` → one JSON prediction per event on
-``outputTopic``, keyed like the input; anomalies also on ``alertTopic``. The newest model version
-under ``modelPath`` is loaded at start and a newer one is picked up every ``modelPollSeconds``
-without a restart. Offsets are committed after the outputs are written: at-least-once.
+:class:`~transforms.inference.model_handler.SavedModelHandler` (or, with ``--modelServerUrl``,
+:class:`~transforms.inference.model_server_handler.ModelServerHandler` on a model server) → one
+JSON prediction per event on ``outputTopic``, keyed like the input; anomalies also on
+``alertTopic``. The newest model version under ``modelPath`` is loaded at start and a newer one
+is picked up every ``modelPollSeconds`` without a restart (a model server does the same for
+its own models). A model server that stays down past ``modelServerRetries`` fails the pipeline
+with the server's URL and error. Offsets are committed after the outputs are written: at-least-once.
 
 No record can fail a bundle for its size: a prediction or alert too big for its topic
 (``message.max.bytes``/``max.message.bytes``, read at set-up) becomes a dead letter (stage
@@ -19,6 +22,10 @@ Run locally (streaming on the FnApiRunner; see docs/scoring.md)::
         --outputTopic=predictions --alertTopic=alerts --deadLetterTopic=scoring-dead-letters \\
         --schemaPath=transforms/decoding/schemas/creditcard.json \\
         --modelPath=/tmp/models/fraud --consumerGroupId=scorer --startOffset=latest
+
+On a model server (e.g. the local stack's, ``scripts/stack.sh env`` prints its URL) instead of
+``--modelPath``: ``--modelServerUrl=http://127.0.0.1:8085 --modelName=anomaly
+--modelServerProtocol=v2`` (docs/scoring.md, "Embedded model or model server").
 
 Without ``--streaming`` it scores the backlog present at launch and ends (batch).
 """
@@ -34,6 +41,7 @@ from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.common.metrics_server import metrics_server_from_options
+from pipelines.common.model_source import MODEL_SOURCE, model_from_options
 from pipelines.common.options import (
     Option,
     OptionError,
@@ -45,14 +53,6 @@ from pipelines.common.row_source import ROW_SOURCE, DecodedRows, RowSource, grou
 from pipelines.common.supervisor import run_pipeline
 from pipelines.common.watchdog import watchdog_from_options
 from transforms.dead_letter import DeadLetter
-from transforms.decoding.schema import RowSchema
-from transforms.inference.model_handler import SavedModelHandler
-from transforms.inference.model_store import (
-    ModelInfo,
-    ModelStoreError,
-    latest_version,
-    read_model_info,
-)
 from transforms.inference.scoring import Prediction, PredictionJson, ScoreEvents, ScoringResult
 from transforms.kafka.config import redact_option_values
 from transforms.kafka.limits import TopicRecordLimit
@@ -99,22 +99,7 @@ OPTIONS: tuple[Option, ...] = (
         example="scoring-dead-letters",
         param_type="KAFKA_TOPIC",
     ),
-    Option(
-        "modelPath",
-        "Model directory",
-        "Directory (local or gs://) holding versioned SavedModels <version>/ with "
-        "model_info.json; the newest complete version is used, newer ones are picked up live.",
-        required=True,
-        example="gs://my-bucket/models/fraud",
-        param_type="GCS_READ_FOLDER",
-    ),
-    Option(
-        "threshold",
-        "Anomaly threshold",
-        "Overrides the model's threshold: an event is an anomaly when its score is above it.",
-        type=float,
-        example="0.85",
-    ),
+    *MODEL_SOURCE,
     Option(
         "predictionFields",
         "Prediction fields",
@@ -123,14 +108,6 @@ OPTIONS: tuple[Option, ...] = (
         "event_id,score,is_anomaly is a third of the bytes and cheaper to encode.",
         regexes=(r"[a-z_]+(,[a-z_]+)*",),
         example="event_id,score,is_anomaly",
-    ),
-    Option(
-        "modelPollSeconds",
-        "Model poll interval",
-        "Seconds between checks of modelPath for a new model version (> 0).",
-        type=float,
-        default=30.0,
-        example="30",
     ),
 )
 
@@ -144,26 +121,8 @@ _STREAM_BUNDLE_S = 0.1
 #: locally, for Beam's state sampler), which at the reader's 0.5 s default cost ~10 % of the run.
 _BATCH_BUNDLE_S = 5.0
 
-#: Field copied into each prediction when model_info.json names no id field.
-_DEFAULT_ID_FIELD = "event_id"
-
 #: Outputs (predictions, alerts, dead letters) keep the input event's Kafka key.
 _KEY = operator.attrgetter("key")
-
-
-def _check_model(model_path: str, schema: RowSchema) -> ModelInfo:
-    """The newest version's model_info, checked against the schema before any work starts."""
-    try:
-        info = read_model_info(latest_version(model_path).path)
-    except (ModelStoreError, OSError) as err:
-        raise OptionError(f"--modelPath={model_path!r}: {err}") from err
-    missing = [name for name in info.features if name not in schema]
-    if missing:
-        raise OptionError(
-            f"--modelPath={model_path!r}: model version {info.version} needs features "
-            f"{missing} that --schemaPath does not declare"
-        )
-    return info
 
 
 def _log_dead_letter(letter: DeadLetter) -> None:
@@ -190,15 +149,13 @@ def build_pipeline(
     and the scored predictions and alerts lists of :class:`Prediction`.
 
     With ``--streaming`` the read is unbounded (live scoring); without it the backlog present
-    at launch is scored and the pipeline ends. ``model_handler`` replaces the
-    :class:`SavedModelHandler` built from the options (the benchmark compares Beam's stock
-    handler; see :class:`ScoreEvents` for the contract).
+    at launch is scored and the pipeline ends. ``model_handler`` replaces the handler built
+    from the options (the benchmark compares Beam's stock handler; see :class:`ScoreEvents` for
+    the contract).
     """
     source = RowSource.from_options(opts, OPTIONS)
     values = source.values
-    if values["modelPollSeconds"] <= 0:
-        raise OptionError(f"--modelPollSeconds must be > 0, got {values['modelPollSeconds']}")
-    info = _check_model(values["modelPath"], source.schema)
+    model = model_from_options(values, source.schema)
     fields = values["predictionFields"]
     try:
         prediction_json = PredictionJson(fields.split(",") if fields else None)
@@ -212,16 +169,10 @@ def build_pipeline(
     # so it reads unbatched.
     batched = source.row_filter is None
     decoded = source.read_and_decode(p, with_records=True, batched=batched, **reader_options)
-    if model_handler is None:
-        model_handler = SavedModelHandler(
-            values["modelPath"],
-            threshold=values["threshold"],
-            poll_seconds=values["modelPollSeconds"],
-        )
     # A stream bounds the wait for a batch (latency); a batch job fills batches (throughput).
     scorer = ScoreEvents(
-        model_handler,
-        id_field=info.id_field or _DEFAULT_ID_FIELD,
+        model_handler or model.handler,
+        id_field=model.id_field,
         max_batch_wait_s=_STREAM_BATCH_WAIT_S if source.streaming else None,
     )
     scored = decoded.rows | "ScoreEvents" >> (scorer.batched() if batched else scorer)

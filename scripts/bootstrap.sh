@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian machine: system tools, the project venv (.venv, Python 3.11)
-# with the package and its dev extras, and the local stack's BigQuery emulator venv (.stack/).
+# with the package and its dev extras, and the local stack's venvs under .stack/ (BigQuery emulator,
+# model server).
 # Cheap when nothing changed: each step checks before it acts.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,6 +20,8 @@ apt_install() {
 missing=()
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 command -v git >/dev/null 2>&1 || missing+=(git)
+# the local stack's MQTT broker (scripts/local_stack.py runs it; the package's own service stays off)
+[[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
 [[ ${#missing[@]} -eq 0 ]] || apt_install "${missing[@]}"
 
 # -- Python 3.11 for the project venv (pyenv's, else Debian 12's python3) --------------------------
@@ -55,6 +58,6 @@ if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ]]; then
   echo "$wanted" >"$stamp"
 fi
 
-# -- local stack servers (BigQuery emulator venv under .stack/) -----------------------------------
+# -- local stack servers (BigQuery emulator and model server venvs under .stack/) ------------------
 bash scripts/stack.sh install
 log "ready"

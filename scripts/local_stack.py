@@ -1,8 +1,11 @@
-"""Local stack for kafka-beam-ml: Kafka (noida-db), BigQuery (local-bigquery), GCS emulator.
+"""Local stack for kafka-beam-ml: Kafka (noida-db), BigQuery (local-bigquery), GCS emulator,
+MQTT (Debian's mosquitto), a model server (KServe running serving/anomaly_model_server.py).
 
 Standard library only, so it runs before anything else works. ``scripts/stack.sh`` calls it with
 the project venv's Python, which is also where noida-db and gcp-storage-emulator are installed;
-local-bigquery needs Python >= 3.13 and gets its own venv (installed on the first ``up``).
+local-bigquery needs Python >= 3.13 and gets its own venv (installed on the first ``up``), and
+so does the model server (kserve wants newer setuptools/fastapi than the project; its venv also
+holds TensorFlow to load the SavedModels it serves from ``<state dir>/data/models/anomaly``).
 
 Commands::
 
@@ -16,9 +19,10 @@ Commands::
     env [--json]       shell exports (or JSON) pointing clients at the stack
 
 Everything binds 127.0.0.1. Overrides (env vars): KBML_STACK_DIR (state: data, logs, pids),
-KBML_BIGQUERY_VENV, KBML_PROJECT, KBML_KAFKA_PORT, KBML_BIGQUERY_PORT, KBML_BIGQUERY_GRPC_PORT,
-KBML_GCS_PORT, KBML_STACK_TIMEOUT (seconds to wait for a service to answer), KBML_STACK_GRACE
-(seconds between SIGTERM and SIGKILL on down).
+KBML_BIGQUERY_VENV, KBML_MODEL_SERVER_VENV, KBML_PROJECT, KBML_KAFKA_PORT, KBML_BIGQUERY_PORT,
+KBML_BIGQUERY_GRPC_PORT, KBML_GCS_PORT, KBML_MQTT_PORT, KBML_MODEL_SERVER_PORT,
+KBML_STACK_TIMEOUT (seconds to wait for a service to answer), KBML_STACK_GRACE (seconds between
+SIGTERM and SIGKILL on down).
 """
 
 from __future__ import annotations
@@ -79,7 +83,18 @@ DEFAULT_PORTS = {
     "KBML_BIGQUERY_PORT": 9050,
     "KBML_BIGQUERY_GRPC_PORT": 9060,
     "KBML_GCS_PORT": 9023,
+    "KBML_MQTT_PORT": 1883,
+    "KBML_MODEL_SERVER_PORT": 8085,
 }
+
+#: The model server's venv (Python 3.11, like the project): KServe's ModelServer and the
+#: project's TensorFlow (docs/local_stack.md#model-server-kserve).
+MODEL_SERVER_PINS = ("kserve==0.21.0", "tensorflow==2.21.0")
+#: The stack's model server serves the newest version under data/models/<MODEL_NAME>.
+MODEL_NAME = "anomaly"
+
+#: Debian's mosquitto 2.0 (``apt-get install mosquitto``; scripts/bootstrap.sh installs it).
+MOSQUITTO = Path("/usr/sbin/mosquitto")
 
 
 class StackError(RuntimeError):
@@ -95,6 +110,7 @@ class Service:
     command: tuple[str, ...]
     env: dict[str, str]
     ready: Callable[[], bool]
+    prepare: Callable[[], None] | None = None  # writes what the command needs (a config file)
 
     @property
     def ports(self) -> tuple[int, ...]:
@@ -141,6 +157,52 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
     return data
 
 
+def _mqtt_answers(port: int) -> bool:
+    """Send an MQTT 3.1.1 CONNECT (clean session); True when the broker's CONNACK accepts it."""
+    client_id = b"kbml-stack-probe"
+    variable = b"\x00\x04MQTT\x04\x02\x00\x05" + struct.pack(">H", len(client_id)) + client_id
+    try:
+        with socket.create_connection((HOST, port), timeout=2) as sock:
+            sock.sendall(bytes([0x10, len(variable)]) + variable)
+            connack = _recv_exact(sock, 4)
+            sock.sendall(b"\xe0\x00")  # DISCONNECT
+    except OSError:
+        return False
+    return connack[0] == 0x20 and connack[3] == 0
+
+
+def _mosquitto_config(port: int, data: Path) -> str:
+    """mosquitto.conf for a bridge that acknowledges only durable messages.
+
+    No limit on unacknowledged messages in flight (``max_inflight_messages 0``) or queued for a
+    disconnected persistent session (``max_queued_*``): the bridge holds its PUBACKs until Kafka
+    has the records, and a bridge that is down must find everything published meanwhile.
+    """
+    import getpass
+
+    return "\n".join(
+        (
+            f"listener {port} {HOST}",
+            "allow_anonymous true",
+            "persistence true",
+            f"persistence_location {data}/",
+            # Mosquitto rewrites its whole store at each save: every 10 s cost seconds of
+            # broker time once sessions had queued a few hundred MB. A SIGTERM saves anyway.
+            "autosave_interval 60",
+            "max_inflight_messages 0",
+            "max_queued_messages 0",
+            "max_queued_bytes 0",
+            "persistent_client_expiration 2d",
+            "log_dest stdout",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            f"user {getpass.getuser()}",  # stay the invoking user (it owns the data dir)
+            "",
+        )
+    )
+
+
 def _http_status(url: str) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -182,6 +244,9 @@ class Stack:
         self.bigquery_venv = Path(
             os.environ.get("KBML_BIGQUERY_VENV") or REPO / ".stack" / "bigquery-venv"
         ).resolve()
+        self.model_server_venv = Path(
+            os.environ.get("KBML_MODEL_SERVER_VENV") or REPO / ".stack" / "model-server-venv"
+        ).resolve()
         self.project = os.environ.get("KBML_PROJECT") or "kafka-beam-ml-local"
         self.timeout = float(os.environ.get("KBML_STACK_TIMEOUT") or 120)
         self.grace = float(os.environ.get("KBML_STACK_GRACE") or 10)
@@ -192,8 +257,19 @@ class Stack:
         self.services = self._build_services()
 
     def _build_services(self) -> tuple[Service, ...]:
-        kafka_port, bq_port, bq_grpc_port, gcs_port = (self.ports[var] for var in DEFAULT_PORTS)
+        kafka_port, bq_port, bq_grpc_port, gcs_port = (
+            self.ports[var]
+            for var in (
+                "KBML_KAFKA_PORT",
+                "KBML_BIGQUERY_PORT",
+                "KBML_BIGQUERY_GRPC_PORT",
+                "KBML_GCS_PORT",
+            )
+        )
+        mqtt_port = self.ports["KBML_MQTT_PORT"]
+        model_port = self.ports["KBML_MODEL_SERVER_PORT"]
         data = self.state_dir / "data"
+        mqtt_conf = self.state_dir / "run" / "mosquitto.conf"
         venv_bin = Path(sys.executable).parent
         return (
             Service(
@@ -259,7 +335,40 @@ class Stack:
                     (_http_status(f"http://{HOST}:{gcs_port}/storage/v1/b?project=x") or 999) < 500
                 ),
             ),
+            Service(
+                "mqtt",
+                {"KBML_MQTT_PORT": mqtt_port},
+                (str(MOSQUITTO), "-c", str(mqtt_conf)),
+                {},
+                lambda: _mqtt_answers(mqtt_port),
+                prepare=lambda: _write_mosquitto_config(mqtt_conf, mqtt_port, data / "mqtt"),
+            ),
+            Service(
+                "model-server",
+                {"KBML_MODEL_SERVER_PORT": model_port},
+                (
+                    str(self.model_server_venv / "bin" / "python"),
+                    str(REPO / "serving" / "anomaly_model_server.py"),
+                    "--model_root",
+                    str(self.model_root),
+                    "--model_name",
+                    MODEL_NAME,
+                    "--http_port",
+                    str(model_port),
+                    "--host",
+                    HOST,
+                    "--poll_seconds",
+                    "1",
+                ),
+                {"TF_CPP_MIN_LOG_LEVEL": "2"},
+                lambda: _http_status(f"http://{HOST}:{model_port}/v2/health/live") == 200,
+            ),
         )
+
+    @property
+    def model_root(self) -> Path:
+        """Where the model server looks for ``<version>/`` SavedModels (the newest is served)."""
+        return self.state_dir / "data" / "models" / MODEL_NAME
 
     # -- files ------------------------------------------------------------------------------
 
@@ -325,12 +434,18 @@ class Stack:
             )
         if not os.access(noida, os.X_OK):
             noida.chmod(0o755)  # what the noida-db wrapper does before each run
+        if not MOSQUITTO.is_file():
+            raise StackError(
+                f"mqtt: {MOSQUITTO} is missing; run scripts/bootstrap.sh "
+                "(apt-get install mosquitto)"
+            )
         if not (Path(sys.executable).parent / "gcp-storage-emulator").is_file():
             raise StackError(
                 "gcs: gcp-storage-emulator is not installed in "
                 f"{sys.prefix}; run scripts/bootstrap.sh (pip install -e '.[dev]')"
             )
         self._install_bigquery()
+        self._install_model_server()
 
     def _install_bigquery(self) -> None:
         marker = self.bigquery_venv / ".kbml-installed"
@@ -353,6 +468,29 @@ class Stack:
                 if result.returncode != 0:
                     raise StackError(
                         f"bigquery: install step failed ({shlex.join(step)}):\n{_tail(log)}"
+                    )
+        marker.write_text(wanted)
+
+    def _install_model_server(self) -> None:
+        marker = self.model_server_venv / ".kbml-installed"
+        wanted = "\n".join(MODEL_SERVER_PINS)
+        if marker.is_file() and marker.read_text() == wanted:
+            return
+        _LOGGER.info("model-server: installing kserve into %s", self.model_server_venv)
+        log = self.state_dir / "logs" / "model-server-install.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        python = str(self.model_server_venv / "bin" / "python")
+        base_python = str(Path(sys.base_prefix) / "bin" / "python3")
+        steps = (
+            (base_python, "-m", "venv", str(self.model_server_venv)),
+            (python, "-m", "pip", "install", "--quiet", *MODEL_SERVER_PINS),
+        )
+        with open(log, "a") as out:
+            for step in steps:
+                result = subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, check=False)
+                if result.returncode != 0:
+                    raise StackError(
+                        f"model-server: install step failed ({shlex.join(step)}):\n{_tail(log)}"
                     )
         marker.write_text(wanted)
 
@@ -409,6 +547,8 @@ class Stack:
     def _start(self, service: Service) -> int:
         for path in (self._pidfile(service).parent, self.state_dir / "data"):
             path.mkdir(parents=True, exist_ok=True)
+        if service.prepare is not None:
+            service.prepare()
         log = self._logfile(service)
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
@@ -496,7 +636,8 @@ class Stack:
         return rows
 
     def env(self) -> dict[str, str]:
-        kafka, bigquery, gcs = self.services
+        by_name = {service.name: service for service in self.services}
+        kafka, bigquery, gcs = by_name["kafka"], by_name["bigquery"], by_name["gcs"]
         return {
             "KAFKA_BOOTSTRAP_SERVERS": f"{HOST}:{kafka.port}",
             "KAFKA_CONFIG": ";".join(f"{k}={v}" for k, v in LOCAL_KAFKA_CONFIG.items()),
@@ -504,6 +645,10 @@ class Stack:
             "STORAGE_EMULATOR_HOST": f"http://{HOST}:{gcs.port}",
             "GOOGLE_CLOUD_PROJECT": self.project,
             "NO_GCE_CHECK": "True",
+            "MQTT_BROKER": f"mqtt://{HOST}:{by_name['mqtt'].port}",
+            "KBML_MODEL_SERVER_URL": f"http://{HOST}:{by_name['model-server'].port}",
+            "KBML_MODEL_NAME": MODEL_NAME,
+            "KBML_MODEL_ROOT": str(self.model_root),
         }
 
 
@@ -525,6 +670,12 @@ def _find_python313() -> str:
         "bigquery: local-bigquery needs Python >= 3.13 and none was found "
         "(looked for $(pyenv root)/versions/3.13.0 and python3.13 on PATH)"
     )
+
+
+def _write_mosquitto_config(path: Path, port: int, data: Path) -> None:
+    data.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_mosquitto_config(port, data))
 
 
 def _free_port() -> int:
@@ -577,15 +728,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stack.sh", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="install, start and wait (idempotent)")
-    up.add_argument("services", nargs="*", help="kafka, bigquery, gcs (default: all)")
+    up.add_argument(
+        "services", nargs="*", help="kafka, bigquery, gcs, mqtt, model-server (default: all)"
+    )
     up.add_argument(
         "--free-ports", action="store_true", help="move to free ports when a default one is taken"
     )
     commands.add_parser("install", help="install the servers without starting them")
     down = commands.add_parser("down", help="stop what this stack started")
-    down.add_argument("services", nargs="*", help="kafka, bigquery, gcs (default: all)")
+    down.add_argument(
+        "services", nargs="*", help="kafka, bigquery, gcs, mqtt, model-server (default: all)"
+    )
     restart = commands.add_parser("restart", help="stop services, then start them on the same data")
-    restart.add_argument("services", nargs="+", help="kafka, bigquery, gcs")
+    restart.add_argument("services", nargs="+", help="kafka, bigquery, gcs, mqtt, model-server")
     restart.add_argument(
         "--down-seconds", type=float, default=0.0, help="how long to stay down (default 0)"
     )

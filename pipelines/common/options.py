@@ -32,6 +32,7 @@ __all__ = [
     "KAFKA_CONNECTION",
     "KAFKA_SOURCE",
     "GCP_ENDPOINTS",
+    "MQTT_CONNECTION",
 ]
 
 
@@ -311,5 +312,41 @@ GCP_ENDPOINTS: tuple[Option, ...] = (
         "set, else Google Cloud Storage.",
         regexes=(r"http://[A-Za-z0-9_.\-\[\]:]+(:[0-9]{1,5})?/?",),
         example="http://127.0.0.1:9023",
+    ),
+)
+
+#: An MQTT broker and the credentials to connect (``transforms.mqtt.config.MqttConfig``).
+MQTT_CONNECTION: tuple[Option, ...] = (
+    Option(
+        "mqttBroker",
+        "MQTT broker URL",
+        "mqtt://host:port (plain TCP) or mqtts://host:port (TLS) of the MQTT broker.",
+        regexes=(r"(mqtts?|tcp|ssl)://[A-Za-z0-9_.\-\[\]:]+(:[0-9]{1,5})?",),
+        example="mqtt://127.0.0.1:1883",
+    ),
+    Option("mqttUsername", "MQTT username", "User name for the MQTT broker.", example="bridge"),
+    Option(
+        "mqttPassword",
+        "MQTT password",
+        "MQTT password given as env:VARIABLE or file:/path (a literal value is accepted but "
+        "then lives in the job's options). Never logged.",
+        example="env:MQTT_PASSWORD",
+        secret=True,
+    ),
+    Option(
+        "mqttCaCertificate",
+        "MQTT CA certificate file",
+        "PEM file of the CA that signs the broker's certificate (mqtts://); default: the "
+        "system's trust store.",
+        example="/etc/ssl/certs/mqtt-ca.pem",
+    ),
+    Option(
+        "mqttProtocol",
+        "MQTT protocol version",
+        "5 (persistent session with a session expiry and a large receive window) or 3.1.1 "
+        "(clean_session=false; the broker's settings bound the session and the window).",
+        default="5",
+        choices=("5", "3.1.1"),
+        example="3.1.1",
     ),
 )

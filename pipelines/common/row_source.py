@@ -28,13 +28,15 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines.common.model_source import ModelChoice, model_from_options
 from pipelines.common.options import GCP_ENDPOINTS, KAFKA_SOURCE, Option, OptionError, validate
 from transforms.decoding.decode import MESSAGE_FORMATS, DecodeAndValidate
-from transforms.decoding.schema import RowSchema
+from transforms.decoding.schema import Field, RowSchema
+from transforms.inference.scoring import AttachVerdicts, without_verdicts
 from transforms.kafka.config import KafkaConfig, KafkaConfigError
 from transforms.kafka.group_lease import GroupLease
 from transforms.kafka.reader import ReadFromKafka
-from transforms.preprocessing.expressions import FUNCTIONS, Expr
+from transforms.preprocessing.expressions import FUNCTIONS, MODEL_FUNCTIONS, SCORE_FIELD, Expr
 from transforms.preprocessing.filter_project import Filter
 from transforms.sinks.gcp_endpoints import GcpEndpoints
 
@@ -45,6 +47,7 @@ __all__ = [
     "TABLE_SPEC_REGEX",
     "DEFAULT_DEAD_LETTER_MAX_PAYLOAD_BYTES",
     "group_lease",
+    "load_schema",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -100,8 +103,11 @@ ROW_SOURCE: tuple[Option, ...] = (
         "filter",
         "Row filter",
         "Keep only rows matching this expression (KSQL-style WHERE over the schema's fields, "
-        "see transforms.preprocessing.expressions), e.g. Amount > 0 and Time >= 3600. Rows the "
-        "expression fails on (e.g. a comparison with null) become dead letters.",
+        "see transforms.preprocessing.expressions), e.g. Amount > 0 and Time >= 3600. "
+        "ANOMALY() (the model's score) and IS_ANOMALY() (its verdict) score rows with the "
+        "model of --modelPath/--modelServerUrl, in batches, where the pipeline takes one: "
+        "IS_ANOMALY() exports only anomalous rows. Rows the expression fails on (e.g. a "
+        "comparison with null) or the model cannot read become dead letters.",
         regexes=(r"[^;]{1,2000}",),
         example="Amount > 0 and Time >= 3600",
     ),
@@ -170,7 +176,8 @@ def _row_filter(text: str | None, schema: RowSchema) -> Expr | None:
     names = {
         n.id for n in ast.walk(ast.parse(text.strip(), mode="eval")) if isinstance(n, ast.Name)
     }
-    unknown = sorted(names - set(schema.names) - set(FUNCTIONS) - {"True", "False", "None"})
+    known = {*schema.names, *FUNCTIONS, *MODEL_FUNCTIONS, "True", "False", "None"}
+    unknown = sorted(names - known)
     if unknown:
         raise OptionError(f"--filter={text!r} names fields not in --schemaPath: {unknown}")
     return expr
@@ -194,7 +201,7 @@ class DecodedRows(NamedTuple):
     dead_letters: beam.PCollection
 
 
-def _load_schema(path: str) -> tuple[RowSchema, dict[str, Any] | None]:
+def load_schema(path: str) -> tuple[RowSchema, dict[str, Any] | None]:
     """The row schema, plus the Avro document when the file is Avro (the exact writer schema)."""
     from apache_beam.io.filesystems import FileSystems
 
@@ -219,6 +226,18 @@ class RowSource:
     schema: RowSchema
     avro_schema: dict[str, Any] | None
     row_filter: Expr | None
+    #: The model ANOMALY() in ``--filter`` or ``--anomalyScoreColumn`` scores with (else None).
+    model: ModelChoice | None = None
+    #: The column the exported rows get the model's score in (``--anomalyScoreColumn``).
+    score_column: str | None = None
+
+    @property
+    def output_schema(self) -> RowSchema:
+        """The schema of the rows :meth:`read_and_decode` returns (with the score column)."""
+        if self.score_column is None:
+            return self.schema
+        column = Field(self.score_column, "FLOAT", "NULLABLE", description="ANOMALY()")
+        return RowSchema((*self.schema.fields, column))
 
     @classmethod
     def from_options(cls, options: PipelineOptions, declarations: Sequence[Option]) -> RowSource:
@@ -242,9 +261,22 @@ class RowSource:
             raise OptionError(str(err)) from err
         endpoints = GcpEndpoints.from_options(options)
         endpoints.configure_process()
-        schema, avro = _load_schema(values["schemaPath"])
+        schema, avro = load_schema(values["schemaPath"])
         row_filter = _row_filter(values.get("filter"), schema)
-        source = cls(values, streaming, kafka, endpoints, schema, avro, row_filter)
+        model = None
+        score_column = values.get("anomalyScoreColumn")
+        if score_column is not None and score_column in schema:
+            raise OptionError(f"--anomalyScoreColumn={score_column!r} is already a schema field")
+        if score_column is not None or (row_filter is not None and row_filter.uses_model):
+            if "modelServerUrl" not in values:
+                raise OptionError(
+                    f"--filter={values.get('filter')!r} calls the model, which this pipeline "
+                    "does not take (no --modelPath/--modelServerUrl)"
+                )
+            model = model_from_options(values, schema.names)
+        source = cls(
+            values, streaming, kafka, endpoints, schema, avro, row_filter, model, score_column
+        )
         source.reader(read_args)  # ReadFromKafka checks its arguments at construction
         _LOGGER.info(
             "Export source: topic %s, %s, %s mode, Kafka %s",
@@ -298,6 +330,8 @@ class RowSource:
         (no per-element Beam cost; not with ``--filter``, which works row by row)."""
         if batched and self.row_filter is not None:
             raise ValueError("batched rows cannot be filtered: read unbatched with --filter")
+        if self.model is not None:
+            return self._read_score_and_filter(p, with_records, reader_options)
         reader = self.reader(**reader_options)
         decoder = self.decoder().with_records() if with_records else self.decoder()
         if batched:
@@ -310,3 +344,41 @@ class RowSource:
             beam.Flatten()
         )
         return DecodedRows(kept.rows, dead_letters)
+
+    def _read_score_and_filter(
+        self, p: beam.Pipeline, with_records: bool, reader_options: Mapping[str, Any]
+    ) -> DecodedRows:
+        """Kafka → DecodeAndValidate → the model's verdicts in each row (batched RunInference)
+        → ``--filter`` (may call ``ANOMALY()``) → rows without the verdict fields, with the
+        score in ``--anomalyScoreColumn`` if set."""
+        decoded = (
+            p
+            | "ReadFromKafka" >> self.reader(**reader_options)
+            | "DecodeAndValidate" >> self.decoder().with_records()
+        )
+        scored = decoded.rows | "AttachVerdicts" >> AttachVerdicts(
+            self.model.handler, max_batch_wait_s=0.05 if self.streaming else None
+        )
+        pairs, letters = scored.pairs, [decoded.dead_letters, scored.dead_letters]
+        if self.row_filter is not None:
+            kept = pairs | "Filter" >> Filter(_OnRow(self.row_filter)).with_dead_letters()
+            pairs = kept.rows
+            letters.append(kept.dead_letters)
+        rows = pairs | "WithoutVerdicts" >> beam.Map(_FinishRow(self.score_column, with_records))
+        dead_letters = tuple(letters) | "SourceDeadLetters" >> beam.Flatten()
+        return DecodedRows(rows, dead_letters)
+
+
+class _FinishRow:
+    """A scored pair → the row (or pair) without the verdict fields, the score in ``column``."""
+
+    def __init__(self, column: str | None, with_records: bool) -> None:
+        self._column = column
+        self._with_records = with_records
+
+    def __call__(self, pair: tuple[Any, Mapping[str, Any]]) -> Any:
+        record, scored = pair
+        row = without_verdicts(scored)
+        if self._column is not None:
+            row[self._column] = scored[SCORE_FIELD]
+        return (record, row) if self._with_records else row

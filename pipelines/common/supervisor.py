@@ -8,10 +8,11 @@ it builds and runs the pipeline again, which resumes from the consumer group's c
 
 Errors no retry can fix end the run at once, on every runner, with exit code
 :data:`EXIT_PERMANENT` and a message that names the setting or topic: authentication and
-authorization failures, an unknown topic, invalid client configuration. A stream that keeps
-failing (more than :data:`MAX_RESTARTS` restarts within :data:`RESTART_WINDOW_S`) stops too,
-with the last error, so a supervisor above (systemd, Kubernetes) sees a non-zero exit instead
-of a loop.
+authorization failures, an unknown topic, invalid client configuration, an MQTT broker that
+refuses the session or the subscription, a model server that does not know the model. A stream
+that keeps failing (more than :data:`MAX_RESTARTS` restarts within :data:`RESTART_WINDOW_S`)
+stops too, with the last error, so a supervisor above (systemd, Kubernetes) sees a non-zero exit
+instead of a loop.
 
 On a local runner it also keeps the :class:`~pipelines.common.watchdog.Watchdog` (progress
 lines, exit on a stall) and the Prometheus endpoint
@@ -44,7 +45,10 @@ from pipelines.common.dask_runner import runner_for
 from pipelines.common.metrics_server import MetricsServer
 from pipelines.common.options import OptionError
 from pipelines.common.watchdog import Watchdog
+from transforms.inference.model_server_handler import ModelServerError
 from transforms.kafka.config import KafkaConfigError
+from transforms.mqtt.config import MqttConfigError
+from transforms.mqtt.session import MqttPermanentError
 
 __all__ = [
     "EXIT_PERMANENT",
@@ -88,6 +92,16 @@ _PERMANENT_TEXT = re.compile(
 )
 
 
+#: Errors of our own that say a setting is wrong (a model server's 404 included).
+_PERMANENT_TYPES = (
+    OptionError,
+    KafkaConfigError,
+    MqttConfigError,
+    MqttPermanentError,
+    ModelServerError,
+)
+
+
 def _chain(err: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
     current: BaseException | None = err
@@ -100,7 +114,7 @@ def _chain(err: BaseException) -> Iterator[BaseException]:
 def permanent_reason(err: BaseException) -> str | None:
     """Why ``err`` cannot be fixed by running again, or None when a restart may help."""
     for cause in _chain(err):
-        if isinstance(cause, OptionError | KafkaConfigError):
+        if isinstance(cause, _PERMANENT_TYPES):
             return str(cause)
         if isinstance(cause, confluent_kafka.KafkaException) and cause.args:
             error = cause.args[0]

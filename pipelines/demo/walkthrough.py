@@ -11,9 +11,15 @@
 6. print a summary table, write it as ``summary.json`` and stop every process it started (also on
    Ctrl-C).
 
+``--use-case cars`` runs the connected-car path instead: simulated cars publish sensor readings
+over MQTT (QoS 1) to the stack's Mosquitto, ``pipelines.mqtt_to_kafka`` (streaming, for the whole
+run) bridges them into one Kafka topic; the export reads the history from it, the model learns
+``is_anomaly``, and the scorer starts from the offsets where the history ends.
+
 Usage (``scripts/demo.sh`` installs everything first and passes its arguments on)::
 
-    python -m pipelines.demo [--events 50000] [--live-events 2000] [--rate 200] [--keep-stack]
+    python -m pipelines.demo [--use-case cards|cars] [--events 50000] [--live-events 2000]
+                             [--rate 200] [--keep-stack]
 """
 
 from __future__ import annotations
@@ -40,8 +46,10 @@ from typing import Any
 
 from pipelines import generate_events, kafka_to_bigquery, kafka_to_gcs, train
 from pipelines.demo.monitor import MonitorSnapshot, ScoringMonitor
+from pipelines.demo.use_case import USE_CASES, UseCase
 from transforms.decoding.schema import bundled_schema_path
 from transforms.kafka.config import KafkaConfig
+from transforms.mqtt import MqttConfig, end_session
 from transforms.sinks.gcp_endpoints import GcpEndpoints
 
 __all__ = ["DemoSettings", "run"]
@@ -67,6 +75,11 @@ class DemoSettings:
     keep_stack: bool
     seed: int
     epochs: int
+    use_case: str = "cards"
+
+    @property
+    def case(self) -> UseCase:
+        return USE_CASES[self.use_case]
 
 
 def _parse(argv: Sequence[str] | None) -> DemoSettings:
@@ -76,10 +89,16 @@ def _parse(argv: Sequence[str] | None) -> DemoSettings:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
+        "--use-case",
+        choices=tuple(USE_CASES),
+        default="cards",
+        help="cards: credit-card transactions into Kafka; cars: car sensors over MQTT → Kafka",
+    )
+    parser.add_argument(
         "--events",
         type=int,
         default=50_000,
-        help="historic transactions produced, exported and trained on",
+        help="historic events produced, exported and trained on",
     )
     parser.add_argument(
         "--live-events",
@@ -98,7 +117,8 @@ def _parse(argv: Sequence[str] | None) -> DemoSettings:
         "--live-fraud-rate",
         type=float,
         default=0.01,
-        help="share of frauds among the live events (more than in history, so alerts show up)",
+        help="share of frauds (cars: anomalies) among the live events (more than in history, "
+        "so alerts show up)",
     )
     parser.add_argument(
         "--malformed",
@@ -136,9 +156,9 @@ def _step(number: int, title: str) -> None:
     _say(f"\n\033[1m[{number}/6] {title}\033[0m")
 
 
-def _stack(command: str) -> subprocess.CompletedProcess:
+def _stack(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["bash", str(_STACK), command],
+        ["bash", str(_STACK), *args],
         capture_output=True,
         text=True,
         check=False,
@@ -146,12 +166,22 @@ def _stack(command: str) -> subprocess.CompletedProcess:
     )
 
 
+def _services_up() -> set[str]:
+    """The stack's services that answer now."""
+    try:
+        rows = json.loads(_stack("status", "--json").stdout)
+    except ValueError:
+        return set()
+    return {row["service"] for row in rows if row["up"]}
+
+
 @contextlib.contextmanager
-def _local_stack(keep: bool) -> Iterator[dict[str, str]]:
-    """Start the stack unless it is up; export its settings; stop it after if we started it."""
-    already_up = _stack("status").returncode == 0
-    if not already_up:
-        up = _stack("up")
+def _local_stack(keep: bool, needed: Sequence[str]) -> Iterator[dict[str, str]]:
+    """Start the ``needed`` services that are not up; export the stack's settings; stop after
+    exactly the services the demo started (others, and other services, are left alone)."""
+    started = [name for name in needed if name not in _services_up()]
+    if started:
+        up = _stack("up", *started)
         if up.returncode != 0:
             raise RuntimeError(f"scripts/stack.sh up failed:\n{up.stdout}{up.stderr}")
     env: dict[str, str] = {}
@@ -160,25 +190,26 @@ def _local_stack(keep: bool) -> Iterator[dict[str, str]]:
             name, _, value = line[len("export ") :].partition("=")
             env[name] = shlex.split(value)[0] if value else ""
     os.environ.update(env)
-    state = "reused" if already_up else "started"
+    state = f"started {', '.join(started)}" if started else "reused"
     _say(
         f"local stack {state}: Kafka {env['KAFKA_BOOTSTRAP_SERVERS']}"
         f", BigQuery {env['BIGQUERY_EMULATOR_HOST']}, GCS {env['STORAGE_EMULATOR_HOST']}"
+        + (f", MQTT {env['MQTT_BROKER']}" if "mqtt" in needed else "")
     )
     try:
         yield env
     finally:
-        if not already_up and not keep:
-            _say("stopping the local stack (it was started by the demo)")
-            _stack("down")
+        if started and not keep:
+            _say(f"stopping what the demo started: {', '.join(started)}")
+            _stack("down", *started)
 
 
 @contextlib.contextmanager
-def _scorer(argv: list[str], log_path: Path) -> Iterator[subprocess.Popen]:
-    """The streaming scoring pipeline in its own process group, always stopped on exit."""
+def _pipeline(module: str, argv: list[str], log_path: Path) -> Iterator[subprocess.Popen]:
+    """A streaming pipeline (``python -m module``) in its own process group, always stopped."""
     log = log_path.open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.score_events", *argv],
+        [sys.executable, "-m", module, *argv],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -202,7 +233,8 @@ class _LiveDisplay:
     """Alerts as they arrive and one status line: redrawn in place on a terminal, every 2 s
     into a log file (so piped output stays readable)."""
 
-    def __init__(self, max_alerts: int = 8) -> None:
+    def __init__(self, entity: str, max_alerts: int = 8) -> None:
+        self._entity = entity
         self._interactive = sys.stdout.isatty()
         self._max_alerts = max_alerts
         self._alerts = 0
@@ -214,7 +246,7 @@ class _LiveDisplay:
         if self._alerts <= self._max_alerts:
             clear = "\r\033[K" if self._interactive else ""
             _say(
-                f"{clear}  ALERT card {alert.get('key')} event {alert.get('event_id')} "
+                f"{clear}  ALERT {self._entity} {alert.get('key')} event {alert.get('event_id')} "
                 f"score {alert['score']:.3f} > threshold {alert['threshold']:.3f}"
             )
 
@@ -232,18 +264,20 @@ class _LiveDisplay:
 
 
 def _produce(
-    kafka: Sequence[str], topic: str, count: int, seed: int, **extra: Any
+    run: _Run, topic: str, count: int, seed: int, *, anomaly_rate: float | None = None, **extra: Any
 ) -> generate_events.ProduceSummary:
-    argv = [
-        *kafka,
-        "--kind=creditcard",
-        f"--topic={topic}",
-        f"--count={count}",
-        f"--seed={seed}",
-        "--partitions=3",
-    ]
+    """Generate events into ``topic`` (cards) or publish them to the run's MQTT topics (cars)."""
+    argv = [f"--kind={run.case.kind}", f"--count={count}", f"--seed={seed}"]
+    if run.case.via_mqtt:
+        argv += [f"--mqttBroker={run.mqtt_broker}", f"--mqttTopic={run.mqtt_root}/{{key}}/sensors"]
+    else:
+        argv += [*run.kafka, f"--topic={topic}", "--partitions=3"]
+    extra[run.case.anomaly_rate_option] = anomaly_rate
     argv += [f"--{name}={value}" for name, value in extra.items() if value is not None]
-    return generate_events.run(argv)
+    summary = generate_events.run(argv)
+    if run.case.via_mqtt:
+        run.published += summary.delivered
+    return summary
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -280,9 +314,13 @@ def _ensure_bucket(name: str) -> None:
         client.create_bucket(name)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class _Run:
-    """One run's names and places, derived once from its id and shared by every step."""
+    """One run's names and places, derived once from its id and shared by every step.
+
+    For cars, ``topics["history"]`` and ``topics["live"]`` are the one topic the MQTT bridge
+    writes; ``published`` counts what was published to MQTT so far.
+    """
 
     run_id: str
     out: Path
@@ -292,10 +330,22 @@ class _Run:
     schema: str
     export_dir: str
     dataset: str
+    case: UseCase
+    mqtt_broker: str = ""
+    published: int = 0
+
+    @property
+    def mqtt_root(self) -> str:
+        """MQTT topics of this run: ``<root>/<car_id>/sensors``."""
+        return f"demo-{self.run_id}/cars"
+
+    @property
+    def bridge_log(self) -> Path:
+        return self.out / "bridge.log"
 
     @property
     def table(self) -> str:
-        return f"{self.project}:{self.dataset}.transactions"
+        return f"{self.project}:{self.dataset}.{self.case.schema}"
 
     @property
     def model_root(self) -> Path:
@@ -311,6 +361,14 @@ def _new_run(settings: DemoSettings, env: dict[str, str]) -> _Run:
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
     out = (settings.output_dir / run_id).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    case = settings.case
+    topics = {
+        name: f"demo-{run_id}-{name}"
+        for name in ("history", "live", "predictions", "alerts", "deadletters")
+    }
+    if case.via_mqtt:
+        topics["history"] = topics["live"] = f"demo-{run_id}-sensors"
+        topics["bridge_deadletters"] = f"demo-{run_id}-bridge-deadletters"
     return _Run(
         run_id=run_id,
         out=out,
@@ -319,13 +377,12 @@ def _new_run(settings: DemoSettings, env: dict[str, str]) -> _Run:
             f"--bootstrapServers={env['KAFKA_BOOTSTRAP_SERVERS']}",
             f"--kafkaConfig={env['KAFKA_CONFIG']}",
         ),
-        topics={
-            name: f"demo-{run_id}-{name}"
-            for name in ("history", "live", "predictions", "alerts", "deadletters")
-        },
-        schema=bundled_schema_path("creditcard"),
+        topics=topics,
+        schema=bundled_schema_path(case.schema),
         export_dir=f"gs://{_BUCKET}/{run_id}/training",
         dataset="demo_" + run_id.replace("-", "_"),
+        case=case,
+        mqtt_broker=env.get("MQTT_BROKER", ""),
     )
 
 
@@ -335,15 +392,19 @@ def _seconds_since(started: float) -> float:
 
 
 def _produce_history(run: _Run, settings: DemoSettings) -> dict[str, Any]:
-    """Step 2: the seeded historic transactions (a few malformed) that export and training read."""
-    _step(2, f"Generate {settings.events:,} historic transactions into {run.topics['history']}")
-    produced = _produce(
-        run.kafka,
-        run.topics["history"],
-        settings.events,
-        settings.seed,
-        malformed=settings.malformed,
+    """Step 2: the seeded historic events (a few malformed) that export and training read."""
+    via = f"MQTT {run.mqtt_root}/+/sensors → " if run.case.via_mqtt else ""
+    _step(
+        2,
+        f"Generate {settings.events:,} historic {run.case.events_noun} into "
+        f"{via}{run.topics['history']}",
     )
+    produced = _produce(
+        run, run.topics["history"], settings.events, settings.seed, malformed=settings.malformed
+    )
+    if run.case.via_mqtt:
+        bridged = _wait_bridged(run, run.published)
+        _say(f"the MQTT bridge wrote {bridged:,} messages to {run.topics['history']}")
     return {
         "history_events": produced.delivered,
         "history_malformed": sum(produced.malformed.values()),
@@ -358,7 +419,7 @@ def _export_tfrecords(run: _Run, source: list[str]) -> tuple[float, int]:
         [
             *source,
             f"--outputDirectory={run.export_dir}",
-            "--labelField=Class",
+            f"--labelField={run.case.label}",
             f"--consumerGroupId=demo-{run.run_id}-export-gcs",
         ]
     )
@@ -424,6 +485,7 @@ def _train(run: _Run, settings: DemoSettings, tfrecords: str) -> dict[str, Any]:
             f"--epochs={settings.epochs}",
             f"--seed={settings.seed}",
             f"--project={run.project}",
+            f"--label={run.case.label}",
         ]
     )
     train_seconds = _seconds_since(started)
@@ -461,7 +523,8 @@ def _scorer_argv(run: _Run) -> list[str]:
         f"--alertTopic={run.topics['alerts']}",
         f"--deadLetterTopic={run.topics['deadletters']}",
         f"--consumerGroupId=demo-{run.run_id}-scorer",
-        "--startOffset=earliest",
+        # Cars: the group's offsets were set where the history ends (_start_scorer_after_history).
+        "--startOffset=earliest" if not run.case.via_mqtt else "--startOffset=committed",
         f"--schemaPath={run.schema}",
         f"--modelPath={run.model_root}",
     ]
@@ -472,11 +535,11 @@ def _stream_burst(
 ) -> tuple[int, dict[str, Any]]:
     """Throughput phase: events as fast as possible; (events delivered, scorer msgs/s if seen)."""
     burst = _produce(
-        run.kafka,
+        run,
         run.topics["live"],
         settings.burst_events,
         settings.seed + 1,
-        fraudRate=settings.live_fraud_rate,
+        anomaly_rate=settings.live_fraud_rate,
         malformed=settings.malformed,
     )
     snap = monitor.wait_for(burst.delivered, timeout=300, tick=display.tick)
@@ -499,12 +562,12 @@ def _stream_live(
     outcome or the wait times out)."""
     monitor.latency_since_ms = time.time() * 1000.0
     live = _produce(
-        run.kafka,
+        run,
         run.topics["live"],
         settings.live_events,
         settings.seed + 2,
         rate=settings.rate,
-        fraudRate=settings.live_fraud_rate,
+        anomaly_rate=settings.live_fraud_rate,
         malformed=settings.malformed,
     )
     expected = earlier + live.delivered
@@ -521,7 +584,9 @@ def _score_live(run: _Run, settings: DemoSettings, env: dict[str, str]) -> dict[
     )
     for name in ("live", "predictions", "alerts", "deadletters"):
         generate_events.ensure_topic(config, run.topics[name], 3)
-    display = _LiveDisplay()
+    if run.case.via_mqtt:
+        _start_scorer_after_history(run, config)
+    display = _LiveDisplay(run.case.entity)
     monitor = ScoringMonitor(
         config,
         predictions=run.topics["predictions"],
@@ -530,7 +595,7 @@ def _score_live(run: _Run, settings: DemoSettings, env: dict[str, str]) -> dict[
         on_alert=display.alert,
     )
     scored: dict[str, Any] = {}
-    with _scorer(_scorer_argv(run), run.scorer_log) as scorer:
+    with _pipeline("pipelines.score_events", _scorer_argv(run), run.scorer_log) as scorer:
         monitor.start()
         started, burst_events = time.monotonic(), 0
         if settings.burst_events:
@@ -563,10 +628,15 @@ def _demo(settings: DemoSettings, env: dict[str, str]) -> dict[str, Any]:
         "topics": run.topics,
         "output_dir": str(run.out),
     }
-    summary.update(_produce_history(run, settings))
-    summary.update(_export(run, summary["history_events"]))
-    summary.update(_train(run, settings, summary["tfrecords"]))
-    summary.update(_score_live(run, settings, env))
+    with contextlib.ExitStack() as stack:
+        if run.case.via_mqtt:
+            summary.update(_start_bridge(run, stack))
+        summary.update(_produce_history(run, settings))
+        summary.update(_export(run, summary["history_events"]))
+        summary.update(_train(run, settings, summary["tfrecords"]))
+        summary.update(_score_live(run, settings, env))
+        if run.case.via_mqtt:
+            summary.update(_bridge_outcome(run))
     return summary
 
 
@@ -608,8 +678,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
             f"{summary.get('burst_msgs_per_s', '—')} scoring a burst · live at "
             f"{summary['live_rate_msgs_per_s']:.0f}/s",
         ),
-        ("latency", f"p50 {p50} ms · p99 {p99} ms (produce → prediction, live phase)"),
-        ("topics", ", ".join(topics.values())),
+        ("latency", f"p50 {p50} ms · p99 {p99} ms ({_latency_span(summary)}, live phase)"),
+        *_bridge_rows(summary),
+        ("topics", ", ".join(dict.fromkeys(topics.values()))),
         ("BigQuery table", summary["bigquery_table"]),
         ("TFRecords", summary["tfrecords"]),
         ("model path", model["path"]),
@@ -617,6 +688,134 @@ def _print_summary(summary: dict[str, Any]) -> None:
         ("summary", str(Path(summary["output_dir"]) / "summary.json")),
     ]
     _say("\n\033[1m[6/6] Summary\033[0m\n" + _table(rows))
+
+
+def _latency_span(summary: dict[str, Any]) -> str:
+    """What the latency spans: from the event's Kafka write (by the producer, or the bridge)."""
+    return (
+        "bridge's Kafka write → prediction"
+        if "mqtt_published" in summary
+        else ("produce → prediction")
+    )
+
+
+def _bridge_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """The MQTT rows of the summary (cars only)."""
+    if "mqtt_published" not in summary:
+        return []
+    return [
+        (
+            "MQTT → Kafka",
+            f"{summary['mqtt_published']:,} published (QoS 1) · {summary['bridged']:,} bridged "
+            f"into Kafka · {summary['bridge_dead_letters']:,} bridge dead letters",
+        )
+    ]
+
+
+# -- cars: the MQTT bridge ---------------------------------------------------------------------
+
+
+def _bridge_argv(run: _Run) -> list[str]:
+    """The bridge: the run's MQTT topics → the sensors topic, keyed by car id (topic level)."""
+    return [
+        *run.kafka,
+        "--runner=FnApiRunner",
+        "--streaming",
+        f"--mqttBroker={run.mqtt_broker}",
+        f"--mqttTopicFilter={run.mqtt_root}/+/sensors",
+        f"--mqttClientId={_bridge_id(run)}",
+        # A backstop: the run ends its session (end_session) when it stops the bridge.
+        "--mqttSessionExpirySeconds=300",
+        f"--outputTopic={run.topics['history']}",
+        f"--messageKey=topic:{run.mqtt_root.count('/') + 1}",
+        f"--deadLetterTopic={run.topics['bridge_deadletters']}",
+    ]
+
+
+def _bridge_id(run: _Run) -> str:
+    return f"demo-{run.run_id}-bridge"
+
+
+def _start_bridge(run: _Run, stack: contextlib.ExitStack) -> dict[str, Any]:
+    """Start the bridge for the whole run and wait until it has subscribed."""
+    if not run.mqtt_broker:
+        raise RuntimeError("the local stack has no MQTT broker (MQTT_BROKER); update the stack")
+    config = _kafka_config(run)
+    for name in ("history", "bridge_deadletters"):
+        generate_events.ensure_topic(config, run.topics[name], 3)
+    # Registered first, so it runs after the bridge stopped: the run's session is not kept.
+    stack.callback(end_session, MqttConfig.from_url(run.mqtt_broker, client_id=_bridge_id(run)))
+    bridge = stack.enter_context(
+        _pipeline("pipelines.mqtt_to_kafka", _bridge_argv(run), run.bridge_log)
+    )
+    deadline = time.monotonic() + 120
+    while b"subscribed to" not in run.bridge_log.read_bytes():
+        if bridge.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the MQTT bridge did not start; see {run.bridge_log}")
+        time.sleep(0.2)
+    _say(f"MQTT bridge up: {run.mqtt_root}/+/sensors → {run.topics['history']}")
+    return {"bridge_log": str(run.bridge_log)}
+
+
+def _kafka_config(run: _Run) -> KafkaConfig:
+    values = {arg.split("=", 1)[0][2:]: arg.split("=", 1)[1] for arg in run.kafka}
+    return KafkaConfig.from_options(values)
+
+
+def _end_offsets(run: _Run, topic: str) -> list[int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(_kafka_config(run).consumer_dict(f"demo-{run.run_id}-probe"))
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return [
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in sorted(partitions)
+        ]
+    finally:
+        consumer.close()
+
+
+def _wait_bridged(run: _Run, count: int, timeout_s: float = 300) -> int:
+    """Wait until the bridge wrote ``count`` messages (plus its dead letters); returns them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        bridged = sum(_end_offsets(run, run.topics["history"]))
+        dead = sum(_end_offsets(run, run.topics["bridge_deadletters"]))
+        if bridged + dead >= count:
+            return bridged
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the MQTT bridge wrote {bridged + dead} of {count} messages in {timeout_s:.0f} s;"
+                f" see {run.bridge_log}"
+            )
+        time.sleep(0.5)
+
+
+def _start_scorer_after_history(run: _Run, config: KafkaConfig) -> None:
+    """Commit the scorer group's offsets at the end of the history: it scores live events only."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = run.topics["live"]
+    ends = _end_offsets(run, topic)
+    consumer = Consumer(config.consumer_dict(f"demo-{run.run_id}-scorer"))
+    try:
+        consumer.commit(
+            offsets=[TopicPartition(topic, p, end) for p, end in enumerate(ends)],
+            asynchronous=False,
+        )
+    finally:
+        consumer.close()
+
+
+def _bridge_outcome(run: _Run) -> dict[str, Any]:
+    """What the bridge did over the whole run: published vs bridged vs dead-lettered."""
+    bridged = _wait_bridged(run, run.published)
+    return {
+        "mqtt_published": run.published,
+        "bridged": bridged,
+        "bridge_dead_letters": sum(_end_offsets(run, run.topics["bridge_deadletters"])),
+    }
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -628,7 +827,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     started = time.monotonic()
     _step(1, "Local stack")
     try:
-        with _local_stack(settings.keep_stack) as env:
+        needed = ("kafka", "bigquery", "gcs", *(("mqtt",) if settings.case.via_mqtt else ()))
+        with _local_stack(settings.keep_stack, needed) as env:
             summary = _demo(settings, env)
     except KeyboardInterrupt:
         _say("\ninterrupted: every process the demo started has been stopped")

@@ -115,6 +115,19 @@ TEMPLATES: tuple[Template, ...] = (
         ),
         streaming=True,
     ),
+    Template(
+        name="mqtt_to_kafka",
+        module="pipelines.mqtt_to_kafka",
+        title="MQTT to Kafka",
+        description=(
+            "Subscribes to MQTT topic filters with QoS 1 on a persistent session and writes every "
+            "message to a Kafka topic, keyed by the MQTT topic, one of its levels or a payload "
+            "field. The broker's acknowledgement is withheld until Kafka has the record, so "
+            "nothing published is lost when the job restarts (at-least-once); payloads without a "
+            "key, invalid against an optional schema or too large go to a dead-letter topic."
+        ),
+        streaming=True,
+    ),
 )
 
 

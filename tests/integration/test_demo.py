@@ -1,4 +1,5 @@
-"""The one-command demo, reduced in size, end to end on the local stack (as a user runs it).
+"""The one-command demo, reduced in size, end to end on the local stack (as a user runs it);
+the default card use case and the connected-car one (sensors over MQTT into Kafka).
 
 It checks what the demo promises (module docstring, README "Two commands"): every live event has
 an outcome (a prediction or a dead letter), both exports hold exactly the well-formed historic
@@ -83,7 +84,7 @@ def _delete_run_state(summary: dict, kafka_config, gcp_endpoints) -> None:
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient(kafka_config.producer_dict())  # must outlive its futures
-    for future in admin.delete_topics(list(summary["topics"].values())).values():
+    for future in admin.delete_topics(list(dict.fromkeys(summary["topics"].values()))).values():
         future.result(timeout=10)
     gcp_endpoints.bigquery_client().delete_dataset(
         _dataset(summary),
@@ -96,14 +97,14 @@ def _delete_run_state(summary: dict, kafka_config, gcp_endpoints) -> None:
         blob.delete()
 
 
-def test_demo_accounts_for_every_event_and_leaves_nothing_running(
-    stack_env, kafka_config, gcp_endpoints, tmp_path
-):
+def _run_demo(tmp_path: Path, *options: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """``python -m pipelines.demo`` reduced in size, on the shared stack; its output and summary."""
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "pipelines.demo",
+            *options,
             f"--events={EVENTS}",
             f"--burst-events={BURST_EVENTS}",
             f"--live-events={LIVE_EVENTS}",
@@ -111,7 +112,6 @@ def test_demo_accounts_for_every_event_and_leaves_nothing_running(
             "--epochs=5",
             f"--seed={SEED}",
             f"--malformed={MALFORMED}",
-            f"--live-fraud-rate={LIVE_FRAUD_RATE}",
             f"--output-dir={tmp_path}",
             "--keep-stack",  # the stack is shared with other tests: never stopped by the demo
         ],
@@ -124,7 +124,13 @@ def test_demo_accounts_for_every_event_and_leaves_nothing_running(
     (tmp_path / "demo-stdout.txt").write_text(result.stdout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (summary_path,) = tmp_path.glob("*/summary.json")
-    summary = json.loads(summary_path.read_text())
+    return result, json.loads(summary_path.read_text())
+
+
+def test_demo_accounts_for_every_event_and_leaves_nothing_running(
+    stack_env, kafka_config, gcp_endpoints, tmp_path
+):
+    result, summary = _run_demo(tmp_path, f"--live-fraud-rate={LIVE_FRAUD_RATE}")
     try:
         tfrecord_rows = _tfrecord_rows(summary["tfrecords"])
         bigquery_dead_letters = (
@@ -185,3 +191,40 @@ def test_demo_accounts_for_every_event_and_leaves_nothing_running(
     assert _processes_mentioning(summary["run_id"]) == []
     status = subprocess.run(["bash", str(ROOT / "scripts" / "stack.sh"), "status"], check=False)
     assert status.returncode == 0
+
+
+def test_cars_demo_bridges_every_mqtt_message_and_scores_it(
+    stack_env, kafka_config, gcp_endpoints, tmp_path
+):
+    """``--use-case cars``: cars → MQTT → bridge → Kafka → export → train → live scoring."""
+    result, summary = _run_demo(tmp_path, "--use-case=cars", "--live-fraud-rate=0.02")
+    try:
+        tfrecord_rows = _tfrecord_rows(summary["tfrecords"])
+    finally:
+        _delete_run_state(summary, kafka_config, gcp_endpoints)
+
+    # Every event published over MQTT (QoS 1, acknowledged) was bridged into Kafka exactly once
+    # (a run without faults has no redeliveries); keys come from the topic, so none is rejected.
+    live_in = BURST_EVENTS + LIVE_EVENTS
+    assert summary["mqtt_published"] == EVENTS + live_in
+    assert summary["bridged"] == summary["mqtt_published"]
+    assert summary["bridge_dead_letters"] == 0
+    # Downstream the accounting is the card demo's: malformed readings become dead letters.
+    malformed = summary["history_malformed"]
+    assert malformed >= 1
+    assert summary["export_dead_letters"] == malformed
+    assert tfrecord_rows == summary["exported_rows_gcs"] == EVENTS - malformed
+    assert summary["exported_rows_bigquery"] == EVENTS - malformed
+    assert summary["live_events_in"] == live_in
+    assert summary["scored"] + summary["live_dead_letters"] == live_in
+    assert summary["alerts"] == summary["anomalies"] >= 1
+    assert summary["bigquery_table"].endswith(".car_sensor")
+    info = json.loads((Path(summary["model"]["path"]) / "model_info.json").read_text())
+    assert "engine_temp_c" in info["features"] and "is_anomaly" not in info["features"]
+    assert summary["model"]["pr_auc"] >= PR_AUC_FLOOR
+    for plot in map(Path, summary["plots"]):
+        assert plot.read_bytes().startswith(PNG_SIGNATURE)
+    assert f"{live_in:,} of {live_in:,} live events (scored + dead letters)" in result.stdout
+    assert "MQTT → Kafka" in result.stdout and "ALERT car" in result.stdout
+    # The bridge and the scorer are gone.
+    assert _processes_mentioning(summary["run_id"]) == []

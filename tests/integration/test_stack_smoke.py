@@ -28,7 +28,14 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "scripts" / "stack.sh"
-PORT_VARS = ("KBML_KAFKA_PORT", "KBML_BIGQUERY_PORT", "KBML_BIGQUERY_GRPC_PORT", "KBML_GCS_PORT")
+PORT_VARS = (
+    "KBML_KAFKA_PORT",
+    "KBML_BIGQUERY_PORT",
+    "KBML_BIGQUERY_GRPC_PORT",
+    "KBML_GCS_PORT",
+    "KBML_MQTT_PORT",
+    "KBML_MODEL_SERVER_PORT",
+)
 
 
 def _run_stack(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -235,6 +242,8 @@ def test_up_is_idempotent_and_down_leaves_nothing(private_env):
         ("kafka", True),
         ("bigquery", True),
         ("gcs", True),
+        ("mqtt", True),
+        ("model-server", True),
     ]
     pids = {s["service"]: s["pid"] for s in status}
     assert {s["service"]: s["ports"] for s in status} == {
@@ -244,11 +253,13 @@ def test_up_is_idempotent_and_down_leaves_nothing(private_env):
             int(private_env["KBML_BIGQUERY_GRPC_PORT"]),
         ],
         "gcs": [int(private_env["KBML_GCS_PORT"])],
+        "mqtt": [int(private_env["KBML_MQTT_PORT"])],
+        "model-server": [int(private_env["KBML_MODEL_SERVER_PORT"])],
     }
 
     again = _run_stack(private_env, "up")
     assert again.returncode == 0, again.stderr
-    assert again.stderr.count("already up") == 3
+    assert again.stderr.count("already up") == 5
     assert {
         s["service"]: s["pid"]
         for s in json.loads(_run_stack(private_env, "status", "--json").stdout)

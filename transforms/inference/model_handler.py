@@ -33,7 +33,7 @@ import posixpath
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
@@ -50,7 +50,18 @@ from transforms.inference.model_store import (
     version_of,
 )
 
-__all__ = ["SavedModelHandler", "LiveModel", "LoadedModel", "Score", "Verdicts", "FeatureError"]
+__all__ = [
+    "SavedModelHandler",
+    "LiveModel",
+    "LoadedModel",
+    "Score",
+    "Verdicts",
+    "VerdictHandler",
+    "FeatureError",
+    "feature_matrix",
+    "prediction_results",
+    "row_problem",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -274,24 +285,14 @@ class SavedModelHandler(ModelHandler[Row, PredictionResult, LiveModel]):
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
         """Score the batch with one signature call; unscorable rows get a :class:`FeatureError`."""
-        scores, flags, thresholds, versions, errors = self.verdicts(batch, model)
-        model_ids = {version: str(version) for version in set(versions)}
-        results = [
-            PredictionResult(row, Score(score, flag, threshold, version), model_ids[version])
-            for row, score, flag, threshold, version in zip(
-                batch, scores, flags, thresholds, versions, strict=True
-            )
-        ]
-        for index, error in errors.items():
-            results[index] = PredictionResult(batch[index], error, model_ids[versions[index]])
-        return results
+        return prediction_results(batch, self.verdicts(batch, model))
 
     def verdicts(self, batch: Sequence[Row], model: LiveModel) -> Verdicts:
         """The batch's verdicts column-wise (one signature call; bad rows in ``errors``)."""
         loaded = model.current()
         features = loaded.info.features
         try:
-            matrix = _feature_matrix(batch, features)
+            matrix = feature_matrix(batch, features)
         except (KeyError, TypeError, ValueError):
             return self._verdicts_mixed(batch, loaded)
         return self._predict(matrix, loaded)
@@ -305,13 +306,13 @@ class SavedModelHandler(ModelHandler[Row, PredictionResult, LiveModel]):
         )
         good: list[int] = []
         for index, row in enumerate(batch):
-            problem = _row_problem(row, features)
+            problem = row_problem(row, features)
             if problem is None:
                 good.append(index)
             else:
                 merged.errors[index] = problem
         if good:
-            scored = self._predict(_feature_matrix([batch[i] for i in good], features), loaded)
+            scored = self._predict(feature_matrix([batch[i] for i in good], features), loaded)
             for source, index in enumerate(good):
                 for merged_column, scored_column in zip(merged[:4], scored[:4], strict=True):
                     merged_column[index] = scored_column[source]
@@ -353,6 +354,29 @@ class SavedModelHandler(ModelHandler[Row, PredictionResult, LiveModel]):
         return _CheapKeyedModelHandler(self)
 
 
+@runtime_checkable
+class VerdictHandler(Protocol):
+    """A handler that also answers column-wise: what :class:`~transforms.inference.scoring.
+    ScoreEvents` (and ``ANOMALY()``) call, whether the model is embedded or on a server."""
+
+    def verdicts(self, batch: Sequence[Row], model: Any) -> Verdicts: ...
+
+
+def prediction_results(batch: Sequence[Row], verdicts: Verdicts) -> list[PredictionResult]:
+    """Per-row ``PredictionResult`` (a :class:`Score` or the row's error) for RunInference."""
+    scores, flags, thresholds, versions, errors = verdicts
+    model_ids = {version: str(version) for version in set(versions)}
+    results = [
+        PredictionResult(row, Score(score, flag, threshold, version), model_ids[version])
+        for row, score, flag, threshold, version in zip(
+            batch, scores, flags, thresholds, versions, strict=True
+        )
+    ]
+    for index, error in errors.items():
+        results[index] = PredictionResult(batch[index], error, model_ids[versions[index]])
+    return results
+
+
 class _CheapKeyedModelHandler(KeyedModelHandler):
     """Beam's KeyedModelHandler without pickling every batch's keys just to count bytes."""
 
@@ -360,7 +384,7 @@ class _CheapKeyedModelHandler(KeyedModelHandler):
         return self._unkeyed.get_num_bytes([row for _, row in batch])
 
 
-def _feature_matrix(batch: Sequence[Row], features: Sequence[str]) -> np.ndarray:
+def feature_matrix(batch: Sequence[Row], features: Sequence[str]) -> np.ndarray:
     """float32 array of shape [batch, features], built in one conversion (~1.5 µs a row).
 
     A null value becomes NaN, the contract's marker of a missing NULLABLE feature. Raises
@@ -376,13 +400,13 @@ def _feature_matrix(batch: Sequence[Row], features: Sequence[str]) -> np.ndarray
     return matrix
 
 
-def _row_problem(row: Row, features: Sequence[str]) -> FeatureError | None:
+def row_problem(row: Row, features: Sequence[str]) -> FeatureError | None:
     """Why ``row`` cannot be scored (same conversion as the fast path), or None if it can."""
     missing = [name for name in features if name not in row]
     if missing:
         return FeatureError(f"missing features {missing}")
     try:
-        _feature_matrix([row], features)
+        feature_matrix([row], features)
     except (TypeError, ValueError) as err:
         return FeatureError(f"a feature is not a number: {err}")
     return None

@@ -50,10 +50,14 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms import progress
 from transforms.batch import Batch, BatchCoder
 from transforms.dead_letter import DEAD_LETTER_TAG, DeadLetter
-from transforms.inference.model_handler import Row, SavedModelHandler, Verdicts
+from transforms.inference.model_handler import Row, VerdictHandler, Verdicts
 from transforms.kafka.record import KafkaRecord
+from transforms.preprocessing.expressions import SCORE_FIELD, VERDICT_FIELD
 
 __all__ = [
+    "AttachVerdicts",
+    "VerdictsOnRows",
+    "without_verdicts",
     "ScoreEvents",
     "ScoringResult",
     "Prediction",
@@ -229,7 +233,8 @@ class _BatchScoringHandler(ModelHandler[Sequence[Any], ScoredBatch, Any]):
 
     Why: RunInference emits one element per prediction, and every later step then pays Beam's
     per-element cost; with the batch as the example the verdicts stay together up to the
-    producer. :class:`SavedModelHandler` answers column-wise; any other handler, keyed on the
+    producer. A :class:`VerdictHandler` (the embedded :class:`SavedModelHandler`, the remote
+    :class:`ModelServerHandler`) answers column-wise; any other handler, keyed on the
     ``(KafkaRecord, row)`` pairs, runs as RunInference would run it (its preprocessing functions
     on the batch, its postprocessing functions on each result) and its per-row results are
     collected. RunInference's own batching is skipped: elements are lists of batches.
@@ -238,7 +243,7 @@ class _BatchScoringHandler(ModelHandler[Sequence[Any], ScoredBatch, Any]):
     def __init__(self, handler: ModelHandler) -> None:
         super().__init__()
         self._handler = handler
-        self._columnar = isinstance(handler, SavedModelHandler)
+        self._columnar = isinstance(handler, VerdictHandler)
 
     def load_model(self) -> Any:
         return self._handler.load_model()
@@ -509,3 +514,73 @@ class ScoreEvents(beam.PTransform):
                 Batch, **{_ALERT_TAG: Batch, DEAD_LETTER_TAG: DeadLetter}
             )
         return to_predictions.with_outputs(_ALERT_TAG, DEAD_LETTER_TAG, main="predictions")
+
+
+class VerdictsOnRows(NamedTuple):
+    """Outputs of :class:`AttachVerdicts`."""
+
+    pairs: beam.PCollection  # (KafkaRecord, row with SCORE_FIELD and VERDICT_FIELD)
+    dead_letters: beam.PCollection  # DeadLetter (stage "score") for rows the model cannot read
+
+
+class _AttachFn(beam.DoFn):
+    """ScoredBatch → each pair with the verdict in its row (at its event time), or a DeadLetter."""
+
+    def setup(self) -> None:
+        self._windows = (GlobalWindow(),)
+        self._dead_letters = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
+
+    def process(self, scored: ScoredBatch) -> Iterator[Any]:
+        pairs, verdicts = scored
+        errors = verdicts.errors
+        for index, ((record, row), score, flag) in enumerate(
+            zip(pairs, verdicts.scores, verdicts.is_anomaly, strict=True)
+        ):
+            micros = record.timestamp_ms * 1000
+            if errors and index in errors:
+                self._dead_letters.inc()
+                letter = DeadLetter.from_record(record, _STAGE, errors[index])
+                yield pvalue.TaggedOutput(
+                    DEAD_LETTER_TAG, windowed_value.create(letter, micros, self._windows)
+                )
+                continue
+            scored_row = {**row, SCORE_FIELD: score, VERDICT_FIELD: flag}
+            yield windowed_value.create((record, scored_row), micros, self._windows)
+
+
+class AttachVerdicts(beam.PTransform):
+    """PCollection[(KafkaRecord, row)] → :class:`VerdictsOnRows`: rows carrying the model's verdict.
+
+    What ``ANOMALY()`` and ``IS_ANOMALY()`` in expressions read
+    (:mod:`transforms.preprocessing.expressions`): each row gets the score under ``SCORE_FIELD``
+    and the verdict under ``VERDICT_FIELD``. Scored in batches by the same RunInference handler
+    and batching as :class:`ScoreEvents` (an embedded SavedModel or a model server); a row the
+    model cannot read becomes a dead letter (stage ``"score"``). Rows keep their event time.
+    """
+
+    def __init__(
+        self,
+        model_handler: ModelHandler,
+        *,
+        max_batch_size: int = 1024,
+        max_batch_wait_s: float | None = 0.05,
+        label: str | None = None,
+    ) -> None:
+        super().__init__(label)
+        self._handler = _BatchScoringHandler(model_handler)
+        self._batching = (max_batch_size, max_batch_wait_s)
+
+    def expand(self, pairs: beam.PCollection) -> VerdictsOnRows:
+        outputs = (
+            pairs
+            | "Batch" >> beam.ParDo(_BatchWithinBundleFn(*self._batching)).with_output_types(Batch)
+            | "RunInference" >> RunInference(self._handler).with_output_types(ScoredBatch)
+            | "AttachVerdicts"
+            >> beam.ParDo(_AttachFn()).with_outputs(DEAD_LETTER_TAG, main="pairs")
+        )
+        return VerdictsOnRows(outputs.pairs, outputs[DEAD_LETTER_TAG])
+
+
+def without_verdicts(row: Row) -> dict[str, Any]:
+    """The row without the fields :class:`AttachVerdicts` added (before it is written)."""
+    return {k: v for k, v in row.items() if k != SCORE_FIELD and k != VERDICT_FIELD}

@@ -8,7 +8,16 @@ the text is parsed with :mod:`ast` and only these forms are accepted —
   and lists of them;
 * ``and`` ``or`` ``not``; ``== != < <= > >= in not in is is not``; ``+ - * / // %`` and unary
   ``-``/``+``;
-* calls of ``abs``, ``round``, ``min``, ``max``, ``len``, ``lower``, ``upper``, ``coalesce``.
+* calls of ``abs``, ``round``, ``min``, ``max``, ``len``, ``lower``, ``upper``, ``coalesce``;
+* ``ANOMALY()`` (the anomaly model's score of the row, a float) and ``IS_ANOMALY()`` (its
+  verdict: score above the model's threshold), the KSQL UDF of the design documents
+  (``SELECT car_id, ANOMALY(sensor_input) FROM car_sensor``) without arguments: the model reads
+  its own features from the row.
+
+The model is not called per row: a pipeline whose expression :attr:`Expr.uses_model` scores the
+rows in batches first (:class:`~transforms.inference.scoring.AttachVerdicts`, the scorer's
+RunInference handler), which puts the score and verdict in the row under :data:`SCORE_FIELD`
+and :data:`VERDICT_FIELD`; ``ANOMALY()`` and ``IS_ANOMALY()`` read them.
 
 No attribute access, subscripts, lambdas or other calls, so nothing outside the row is reachable.
 Python semantics apply: ``amount > 100`` with ``amount`` null raises ``TypeError`` — write
@@ -21,7 +30,13 @@ import ast
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["Expr", "FUNCTIONS"]
+__all__ = ["Expr", "FUNCTIONS", "MODEL_FUNCTIONS", "SCORE_FIELD", "VERDICT_FIELD"]
+
+#: Where a scored row holds the model's score and verdict (removed before rows are written).
+SCORE_FIELD = "__anomaly_score__"
+VERDICT_FIELD = "__is_anomaly__"
+#: The model functions, each read from the field the batch scoring filled in.
+MODEL_FUNCTIONS = {"ANOMALY": SCORE_FIELD, "IS_ANOMALY": VERDICT_FIELD}
 
 
 def _coalesce(*values: Any) -> Any:
@@ -76,8 +91,21 @@ _ALLOWED = (
 )
 
 
+class _ReadModelFields(ast.NodeTransformer):
+    """``ANOMALY()`` → the row's :data:`SCORE_FIELD`, ``IS_ANOMALY()`` → :data:`VERDICT_FIELD`."""
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        if isinstance(node.func, ast.Name) and node.func.id in MODEL_FUNCTIONS:
+            return ast.copy_location(ast.Name(MODEL_FUNCTIONS[node.func.id], ast.Load()), node)
+        return self.generic_visit(node)
+
+
 class Expr:
-    """A compiled, validated expression; call it with a row. Picklable (re-parsed on load)."""
+    """A compiled, validated expression; call it with a row. Picklable (re-parsed on load).
+
+    ``uses_model`` tells whether it calls ``ANOMALY()``/``IS_ANOMALY()`` (rows must be scored
+    first, see the module docstring).
+    """
 
     def __init__(self, text: str) -> None:
         if not isinstance(text, str) or not text.strip():
@@ -90,19 +118,44 @@ class Expr:
             if not isinstance(node, _ALLOWED):
                 raise ValueError(f"expression {text!r}: {type(node).__name__} is not allowed")
             if isinstance(node, ast.Call):
-                if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
+                name = node.func.id if isinstance(node.func, ast.Name) else None
+                if name in MODEL_FUNCTIONS:
+                    if node.args or node.keywords:
+                        raise ValueError(
+                            f"expression {text!r}: {name}() takes no arguments (the model "
+                            "reads its features from the row)"
+                        )
+                elif name not in FUNCTIONS:
                     raise ValueError(
-                        f"expression {text!r}: only {', '.join(FUNCTIONS)} may be called"
+                        f"expression {text!r}: only {', '.join([*FUNCTIONS, *MODEL_FUNCTIONS])} "
+                        "may be called"
                     )
                 if node.keywords:
                     raise ValueError(f"expression {text!r}: keyword arguments are not allowed")
+            if isinstance(node, ast.Name) and node.id in MODEL_FUNCTIONS.values():
+                raise ValueError(f"expression {text!r}: {node.id} is reserved")
         self.text = text
+        self.uses_model = any(
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in MODEL_FUNCTIONS
+            for node in ast.walk(tree)
+        )
+        tree = ast.fix_missing_locations(_ReadModelFields().visit(tree))
         self._code = compile(tree, "<expr>", "eval")
         self._globals = {"__builtins__": {}, **FUNCTIONS}
 
     def __call__(self, row: Mapping[str, Any]) -> Any:
         # An unknown field raises NameError naming it.
-        return eval(self._code, self._globals, row)  # noqa: S307 - validated AST only
+        try:
+            return eval(self._code, self._globals, row)  # noqa: S307 - validated AST only
+        except NameError as err:
+            if self.uses_model and err.name in MODEL_FUNCTIONS.values():
+                raise ValueError(
+                    f"expression {self.text!r} calls the model but the row was not scored "
+                    "(apply transforms.inference.scoring.AttachVerdicts first)"
+                ) from err
+            raise
 
     def __reduce__(self):
         return (Expr, (self.text,))
