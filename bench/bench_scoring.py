@@ -13,7 +13,10 @@ Same run, same broker, same model, same events (default 200k credit-card-shaped 
       on a private port — and its streaming latency next to the embedded model's
 
 plus both handlers' ``run_inference`` alone (no Beam, no Kafka) on the same rows. Each timed run
-also reports events per CPU-second of this process (all its threads: Beam, librdkafka, TF).
+also reports events per CPU-second of this process (all its threads: Beam, librdkafka, TF). Last,
+(a) scores a topic of :data:`STARTUP_EVENTS` events: nearly all of that run is (a)'s fixed
+start-up (building the pipeline, loading and tracing the model, the runner's set-up), which (c)
+does not pay (it loads its model before its clock starts); (a) without it is printed too.
 
 (a) and (b) read the backlog with ``stop="end_at_launch"`` in batch mode on the default runner;
 times include pipeline start-up. Then latency: the real streaming pipeline
@@ -383,6 +386,8 @@ class Latencies(NamedTuple):
 
 
 CPU_SAMPLE_S = 0.5
+#: Events of the topic whose scoring is (a)'s start-up, nearly.
+STARTUP_EVENTS = 1000
 #: The fields of the raw loop's record, for (a-lean).
 LEAN_FIELDS = "event_id,score,is_anomaly"
 
@@ -633,7 +638,10 @@ def main() -> None:
         pid = broker.pid() if broker is not None else None
         suffix = uuid.uuid4().hex[:8]
         source = f"bench-in-{suffix}"
-        sinks = {name: f"bench-out-{name}-{suffix}" for name in ("a", "a-lean", "b", "c", "d")}
+        sinks = {
+            name: f"bench-out-{name}-{suffix}" for name in ("a", "a-lean", "b", "c", "d", "a0")
+        }
+        small = f"bench-in-small-{suffix}"
         results: dict[str, float] = {}
         per_cpu_s: dict[str, float] = {}
         runs: list[tuple[str, Callable[[], float]]] = [
@@ -649,9 +657,10 @@ def main() -> None:
         if args.only_latency:
             runs = []
         else:
-            create_topics(bootstrap, source, *sinks.values())
+            create_topics(bootstrap, source, small, *sinks.values())
             started = time.perf_counter()
             fill_topic(bootstrap, source, args.events)
+            fill_topic(bootstrap, small, STARTUP_EVENTS)
             print(f"filled {args.events} events in {time.perf_counter() - started:.1f} s")
         if not args.skip_stock and runs:
             runs.insert(1, ("b", lambda: run_pipeline(
@@ -692,6 +701,13 @@ def main() -> None:
                 )
             if "d" in results:
                 print(f"  (d)/(a) = {results['d'] / results['a']:.2f}   (remote / embedded)")
+            wait_until_idle(pid)
+            startup_s = run_pipeline(bootstrap, model_root, small, sinks["a0"])
+            steady = args.events / (args.events / results["a"] - startup_s)
+            print(
+                f"  (a) on {STARTUP_EVENTS} events: {startup_s:.1f} s, i.e. start-up; (a) without "
+                f"it {steady:,.0f} msg/s = {steady / results['c']:.2f} of (c)"
+            )
 
         if not args.skip_stock and not args.only_latency:
             rates = handlers_only(model_root, keras_path, min(args.events, 50_000))
