@@ -6,14 +6,21 @@ Produces ``--events`` credit-card JSON events to a fresh topic on the local brok
 * ``raw consume``: confluent-kafka ``consume()`` of every message, nothing else (the baseline);
 * ``kafka_to_gcs``: ``pipelines.kafka_to_gcs.run`` — read → decode/validate → ``--filter`` →
   tf.Example TFRecord shards in a local directory (DirectRunner, this process);
+* ``kafka_to_bigquery FILE_LOADS``: ``pipelines.kafka_to_bigquery.run --writeMethod=FILE_LOADS``
+  — the same source → newline-JSON files on the GCS emulator → one load job into the BigQuery
+  emulator (all ``--events``; the time includes the load job);
 * ``kafka_to_bigquery``: ``pipelines.kafka_to_bigquery.run`` — the same source → streaming
   inserts into the BigQuery emulator (``--bq-events`` of them: the emulator is the bottleneck);
 * ``insertAll loop``: the same rows, already decoded, sent with google-cloud-bigquery
   ``insert_rows_json`` in batches of 500 — the emulator's own ceiling, for scale.
 
-Pipeline times include pipeline start-up. Needs the local stack (``scripts/stack.sh up``)::
+Pipeline times include pipeline start-up. CPU-seconds (user + system of this process, which runs
+the pipelines in-process) are printed per run as µs of CPU per row. Needs the local stack
+(``scripts/stack.sh up``; pass its ports from ``scripts/stack.sh env``)::
 
-    .venv/bin/python bench/bench_export.py --events 200000 --bq-events 50000
+    .venv/bin/python bench/bench_export.py --events 200000 --bq-events 50000 \
+        --bootstrap 127.0.0.1:9092 --bigquery-endpoint http://127.0.0.1:9050 \
+        --storage-endpoint http://127.0.0.1:9023
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -74,15 +82,23 @@ def _raw_consume(config: KafkaConfig, topic: str, events: int, partitions: int) 
     consumer.close()
 
 
+def _cpu_s() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
 def _timed(name: str, repeats: int, rows: int, action: Callable[[], None]) -> float:
-    """Median rows/s over ``repeats`` runs of ``action``."""
+    """Median rows/s over ``repeats`` runs of ``action``; prints µs of this process's CPU/row."""
     rates = []
     for attempt in range(repeats):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu_s()
         action()
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, _cpu_s() - cpu
         rates.append(rows / seconds)
-        print(f"  {name} run {attempt + 1}: {seconds:.2f}s = {rows / seconds:,.0f} rows/s")
+        print(
+            f"  {name} run {attempt + 1}: {seconds:.2f}s = {rows / seconds:,.0f} rows/s, "
+            f"{cpu * 1e6 / rows:.1f} µs CPU/row"
+        )
     return statistics.median(rates)
 
 
@@ -94,7 +110,11 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--bigquery-endpoint", default="http://127.0.0.1:9050")
+    parser.add_argument("--storage-endpoint", default="http://127.0.0.1:9023")
     parser.add_argument("--project", default="kafka-beam-ml-local")
+    parser.add_argument(
+        "--skip-streaming", action="store_true", help="only the TFRecord and FILE_LOADS paths"
+    )
     parser.add_argument("--settle", type=float, default=10.0, help="s for the broker to go idle")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -109,11 +129,16 @@ def main() -> None:
         "--filter=Amount >= 0",
         f"--project={args.project}",
     ]
-    endpoints = GcpEndpoints(project=args.project, bigquery_endpoint=args.bigquery_endpoint)
+    endpoints = GcpEndpoints(
+        project=args.project,
+        bigquery_endpoint=args.bigquery_endpoint,
+        storage_endpoint=args.storage_endpoint,
+    )
     bq = endpoints.bigquery_client()
+    bucket = endpoints.storage_client().create_bucket(f"bench-export-{uuid.uuid4().hex[:8]}")
 
     topic = _produce(config, args.events, args.partitions)
-    bq_topic = _produce(config, args.bq_events, args.partitions)
+    bq_topic = topic if args.skip_streaming else _produce(config, args.bq_events, args.partitions)
     time.sleep(args.settle)  # noida-db snapshots its state a few seconds after writes
 
     def to_gcs() -> None:
@@ -145,27 +170,52 @@ def main() -> None:
         finally:
             bq.delete_dataset(dataset, delete_contents=True, retry=endpoints.bigquery_retry)
 
-    def to_bigquery() -> None:
+    def to_bigquery(topic_name: str, *extra: str, expect: int | None = None) -> None:
         dataset = f"bench_{uuid.uuid4().hex[:8]}"
         bq.create_dataset(dataset, retry=endpoints.bigquery_retry)
         try:
             kafka_to_bigquery.run(
                 [
                     *source,
-                    f"--inputTopic={bq_topic}",
+                    f"--inputTopic={topic_name}",
                     f"--outputTableSpec={args.project}:{dataset}.events",
                     f"--bigqueryEndpoint={args.bigquery_endpoint}",
+                    *extra,
                 ]
             )
+            if expect is not None:
+                rows = bq.get_table(f"{args.project}.{dataset}.events").num_rows
+                assert rows == expect, f"FILE_LOADS table holds {rows} rows, not {expect}"
         finally:
             bq.delete_dataset(dataset, delete_contents=True, retry=endpoints.bigquery_retry)
 
+    def file_loads() -> None:
+        to_bigquery(
+            topic,
+            "--writeMethod=FILE_LOADS",
+            f"--temp_location=gs://{bucket.name}/tmp",
+            f"--storageEndpoint={args.storage_endpoint}",
+            expect=args.events,
+        )
+
     print(f"medians of {args.repeats} runs:")
     try:
-        _report(args, config, topic, bq_topic, to_gcs, to_bigquery, insert_loop)
+        _report(
+            args,
+            config,
+            topic,
+            bq_topic,
+            to_gcs,
+            file_loads,
+            lambda: to_bigquery(bq_topic),
+            insert_loop,
+        )
     finally:
+        for blob in endpoints.storage_client().list_blobs(bucket.name):
+            blob.delete()
+        bucket.delete()
         # Big topics make the shared noida-db rewrite a large snapshot after every change.
-        AdminClient(config.producer_dict()).delete_topics([topic, bq_topic])
+        AdminClient(config.producer_dict()).delete_topics(list({topic, bq_topic}))
 
 
 def _report(
@@ -174,6 +224,7 @@ def _report(
     topic: str,
     bq_topic: str,
     to_gcs: Callable[[], None],
+    file_loads: Callable[[], None],
     to_bigquery: Callable[[], None],
     insert_loop: Callable[[], None],
 ) -> None:
@@ -184,20 +235,27 @@ def _report(
         args.events,
         lambda: _raw_consume(config, topic, args.events, args.partitions),
     )
-    base_bq = _timed(
-        "raw consume (bq topic)",
-        args.repeats,
-        args.bq_events,
-        lambda: _raw_consume(config, bq_topic, args.bq_events, args.partitions),
-    )
     gcs = _timed("kafka_to_gcs", args.repeats, args.events, to_gcs)
-    bigquery = _timed("kafka_to_bigquery", args.repeats, args.bq_events, to_bigquery)
-    ceiling = _timed("insertAll loop", args.repeats, args.bq_events, insert_loop)
+    loads = _timed("kafka_to_bigquery FILE_LOADS", args.repeats, args.events, file_loads)
+    if not args.skip_streaming:
+        base_bq = _timed(
+            "raw consume (bq topic)",
+            args.repeats,
+            args.bq_events,
+            lambda: _raw_consume(config, bq_topic, args.bq_events, args.partitions),
+        )
+        bigquery = _timed("kafka_to_bigquery", args.repeats, args.bq_events, to_bigquery)
+        ceiling = _timed("insertAll loop", args.repeats, args.bq_events, insert_loop)
     print()
     print(f"{'path':<28}{'rows':>9}{'rows/s':>12}{'vs raw consume':>16}")
     print(f"{'raw consume (baseline)':<28}{args.events:>9}{base:>12,.0f}{1.0:>15.3f}x")
-    print(f"{'raw consume, bq topic':<28}{args.bq_events:>9}{base_bq:>12,.0f}{1.0:>15.3f}x")
     print(f"{'kafka_to_gcs (TFRecord)':<28}{args.events:>9}{gcs:>12,.0f}{gcs / base:>15.3f}x")
+    print(
+        f"{'kafka_to_bigquery FILE_LOADS':<28}{args.events:>9}{loads:>12,.0f}{loads / base:>15.3f}x"
+    )
+    if args.skip_streaming:
+        return
+    print(f"{'raw consume, bq topic':<28}{args.bq_events:>9}{base_bq:>12,.0f}{1.0:>15.3f}x")
     print(
         f"{'kafka_to_bigquery (emul.)':<28}{args.bq_events:>9}{bigquery:>12,.0f}"
         f"{bigquery / base_bq:>15.3f}x"

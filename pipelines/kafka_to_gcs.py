@@ -123,7 +123,7 @@ KafkaToGcsOptions = options_class("KafkaToGcsOptions", OPTIONS)
 
 
 class KafkaToGcsOutputs(NamedTuple):
-    """PCollections of a built pipeline, for tests."""
+    """PCollections of a built pipeline, for tests; ``rows`` are batches (lists) of rows."""
 
     rows: beam.PCollection
     files: beam.PCollection
@@ -176,23 +176,30 @@ def build_pipeline(
     directory = values["outputDirectory"].rstrip("/")
     frequency = values["windowSeconds"] if source.streaming else None
     transform_dir = None
-    decoded = source.read_and_decode(p)
+    # Lists of rows from the reader to the shard files: Beam's per-element cost between steps
+    # was most of the export's time (docs/benchmarks.md).
+    decoded = source.read_and_decode(p, batched=True)
     if values["analyzeTransform"]:
         from transforms.preprocessing.tft import AnalyzeAndWriteTransform  # TF Transform is heavy
 
         transform_dir = FileSystems.join(directory, TRANSFORM_DIR)
-        _ = decoded.rows | "AnalyzeTransform" >> AnalyzeAndWriteTransform(
+        rows = decoded.rows | "Unbatch" >> beam.FlatMap(lambda batch: batch)
+        _ = rows | "AnalyzeTransform" >> AnalyzeAndWriteTransform(
             source.schema,
             transform_dir,
             label=values.get("labelField"),
         )
-    written = decoded.rows | "WriteTFRecords" >> WriteTFRecords(
-        FileSystems.join(directory, SHARD_PREFIX),
-        source.schema,
-        num_shards=values["numShards"],
-        file_name_suffix=_SUFFIXES[values["compression"]],
-        transform_dir=transform_dir,
-        triggering_frequency=frequency,
+    written = (
+        decoded.rows
+        | "WriteTFRecords"
+        >> WriteTFRecords(
+            FileSystems.join(directory, SHARD_PREFIX),
+            source.schema,
+            num_shards=values["numShards"],
+            file_name_suffix=_SUFFIXES[values["compression"]],
+            transform_dir=transform_dir,
+            triggering_frequency=frequency,
+        ).batched()
     )
     dead_letters = (
         decoded.dead_letters,
