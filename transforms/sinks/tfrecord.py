@@ -36,7 +36,7 @@ import json
 import logging
 import operator
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -161,6 +161,52 @@ def _map_entry(key: bytes, feature: bytes) -> bytes:
     return _delimited(_TAG_1, key + _delimited(_TAG_2, feature))
 
 
+def _entry_encoder(field: Field, key: bytes) -> Callable[[Any], bytes]:
+    """``value → map entry bytes`` for one field (value not None); TypeError / ValueError when
+    it does not fit. Single strings and small integers, with every length one varint byte, are
+    written by one bytes formatting instead of the nested general path."""
+
+    def general(value: Any) -> bytes:
+        if field.repeated:
+            if not isinstance(value, list | tuple):
+                raise TypeError(f"REPEATED field {field.name!r}: expected a list, got {value!r}")
+            return _map_entry(key, _feature(field.type, [_encode(field, v) for v in value]))
+        return _map_entry(key, _feature(field.type, [_encode(field, value)]))
+
+    if field.repeated:
+        return general
+    if field.type in ("STRING", "TIMESTAMP"):
+        # entry = 0a L1 key 12 L2 feature; feature = 0a L3 (0a n value): L1 = len(key)+n+6
+        limit = 0x80 - 6 - len(key)
+
+        def short_string(value: Any) -> bytes:
+            if type(value) is str:
+                data = value.encode("utf-8")
+                size = len(data)
+                if size < limit:
+                    return b"\x0a%c%b\x12%c\x0a%c\x0a%c%b" % (
+                        size + 6 + len(key),
+                        key,
+                        size + 4,
+                        size + 2,
+                        size,
+                        data,
+                    )
+            return general(value)
+
+        return short_string
+    if field.type == "INTEGER" and len(key) + 7 < 0x80:
+        head = b"\x0a%c%b\x12\x05\x1a\x03\x0a\x01" % (len(key) + 7, key)
+
+        def small_integer(value: Any) -> bytes:
+            if type(value) is int and 0 <= value < 0x80:
+                return head + _ONE_BYTE[value]
+            return general(value)
+
+        return small_integer
+    return general
+
+
 class _ExampleEncoder:
     """Rows of one schema → serialized ``tf.train.Example``, with the per-field plan built once.
 
@@ -180,7 +226,10 @@ class _ExampleEncoder:
         fast = [f for f in self._fields if f.type == "FLOAT" and not f.repeated]
         if len(fast) < 2:
             fast = []
-        self._rest = tuple(f for f in self._fields if f not in fast)
+        # (name, required, value → entry bytes) per field, all fields and those not packed fast
+        plan = {f.name: (f.name, f.required, _entry_encoder(f, self._keys[f.name])) for f in schema}
+        self._plan = tuple(plan.values())
+        self._rest = tuple(plan[f.name] for f in self._fields if f not in fast)
         self._fast_get = operator.itemgetter(*(f.name for f in fast)) if fast else None
         # the entry of one float, less its last 4 bytes (the float)
         prefixes = [_map_entry(self._keys[f.name], _feature("FLOAT", [0.0]))[:-4] for f in fast]
@@ -192,21 +241,14 @@ class _ExampleEncoder:
         if not self._names.issuperset(row):
             raise ValueError(f"fields not in the schema: {sorted(set(row) - self._names)}")
         entries = [self._pack_fast(row)]
-        fields = self._rest if entries[0] else self._fields
-        for field in fields:
-            name = field.name
-            value = row.get(name)
+        get = row.get
+        for name, required, entry in self._rest if entries[0] else self._plan:
+            value = get(name)
             if value is None:
-                if field.required:
+                if required:
                     raise ValueError(f"REQUIRED field {name!r} is missing")
                 continue
-            if field.repeated:
-                if not isinstance(value, list | tuple):
-                    raise TypeError(f"REPEATED field {name!r}: expected a list, got {value!r}")
-                values = [_encode(field, v) for v in value]
-            else:
-                values = [_encode(field, value)]
-            entries.append(_map_entry(self._keys[name], _feature(field.type, values)))
+            entries.append(entry(value))
         return _delimited(_TAG_1, b"".join(entries))
 
     def _pack_fast(self, row: Mapping[str, Any]) -> bytes:

@@ -232,6 +232,10 @@ def _with_protobuf_api(row, schema):
         {"f": float("inf"), "i": -1, "fs": [], "is": [], "ss": []},
         {"f": 3.4e38, "fs": [0.1, -2.5, 1e39], "is": [0, 1, -1, 300, 2**40], "ss": ["a", ""]},
         {"f": 2.0, "ünï" + "x" * 200: 7.25, "ss": ["y" * 300]},
+        # the one-byte-length shortcut and just past it (key "s": 3 bytes, limit 119 bytes)
+        {"f": 1.0, "s": "z" * 118, "t": "2026-12-04T00:00:00Z", "i": 127, "is": [127]},
+        {"f": 1.0, "s": "z" * 119, "i": 128},
+        {"f": 1.0, "s": "é" * 60, "i": 0, "b": True},
     ],
 )
 def test_hand_written_wire_bytes_parse_to_what_the_protobuf_api_builds(row):
@@ -255,15 +259,25 @@ def test_batched_writes_the_records_and_dead_letters_of_the_row_path(tmp_path, s
     rows = GOOD + BAD + [dict(GOOD[0], event_id=f"x{i}") for i in range(5)]
     batches = [rows[:3], [], rows[3:6], rows[6:]]
     with TestPipeline() as p:
-        by_row = p | "Rows" >> beam.Create(rows) | "ByRow" >> WriteTFRecords(
-            os.path.join(tmp_path, "row", "part"), SCHEMA, file_name_suffix=suffix
+        by_row = (
+            p
+            | "Rows" >> beam.Create(rows)
+            | "ByRow"
+            >> WriteTFRecords(
+                os.path.join(tmp_path, "row", "part"), SCHEMA, file_name_suffix=suffix
+            )
         )
-        by_batch = p | "Batches" >> beam.Create(batches) | "ByBatch" >> WriteTFRecords(
-            os.path.join(tmp_path, "batch", "part"),
-            SCHEMA,
-            num_shards=2,
-            file_name_suffix=suffix,
-        ).batched()
+        by_batch = (
+            p
+            | "Batches" >> beam.Create(batches)
+            | "ByBatch"
+            >> WriteTFRecords(
+                os.path.join(tmp_path, "batch", "part"),
+                SCHEMA,
+                num_shards=2,
+                file_name_suffix=suffix,
+            ).batched()
+        )
         for name, result in (("row", by_row), ("batch", by_batch)):
             assert_that(
                 result.dead_letters
@@ -317,7 +331,8 @@ def test_tfrecord_frames_are_beams_framing_byte_for_byte():
 
     from transforms.sinks.batch_files import tfrecord_frames
 
-    records = [b"", b"x", bytes(range(256)) * 40, row_to_example(GOOD[0], SCHEMA).SerializeToString()]
+    example = row_to_example(GOOD[0], SCHEMA).SerializeToString()
+    records = [b"", b"x", bytes(range(256)) * 40, example]
     expected = io.BytesIO()
     for record in records:
         _TFRecordUtil.write_record(expected, record)
