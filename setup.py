@@ -19,6 +19,7 @@ RUNTIME = [
     "attrs>=21.2.0",
     "google-cloud-bigquery==3.47.0",
     "fastavro==1.13.1",
+    "google-crc32c==1.9.0",  # TFRecord framing (transforms/sinks/batch_files.py), as Beam's
     "msgspec==0.23.0",  # the decoder's fast JSON path (transforms/decoding/row_validation.py)
     "matplotlib>=3.8,<4",
     "tqdm>=4.66,<5",

@@ -6,14 +6,23 @@ Produces ``--events`` credit-card JSON events to a fresh topic on the local brok
 * ``raw consume``: confluent-kafka ``consume()`` of every message, nothing else (the baseline);
 * ``kafka_to_gcs``: ``pipelines.kafka_to_gcs.run`` — read → decode/validate → ``--filter`` →
   tf.Example TFRecord shards in a local directory (DirectRunner, this process);
+* ``kafka_to_bigquery FILE_LOADS``: ``pipelines.kafka_to_bigquery.run --writeMethod=FILE_LOADS``
+  — the same source → newline-JSON files on the GCS emulator → one load job into the BigQuery
+  emulator (all ``--events``; the time includes the load job);
+* ``load job alone``: the same rows as one newline-JSON file on the GCS emulator, loaded by one
+  job — the emulator's own load time, for scale (read + load is FILE_LOADS' ceiling);
 * ``kafka_to_bigquery``: ``pipelines.kafka_to_bigquery.run`` — the same source → streaming
   inserts into the BigQuery emulator (``--bq-events`` of them: the emulator is the bottleneck);
 * ``insertAll loop``: the same rows, already decoded, sent with google-cloud-bigquery
   ``insert_rows_json`` in batches of 500 — the emulator's own ceiling, for scale.
 
-Pipeline times include pipeline start-up. Needs the local stack (``scripts/stack.sh up``)::
+Pipeline times include pipeline start-up. CPU-seconds (user + system of this process, which runs
+the pipelines in-process) are printed per run as µs of CPU per row. Needs the local stack
+(``scripts/stack.sh up``; pass its ports from ``scripts/stack.sh env``)::
 
-    .venv/bin/python bench/bench_export.py --events 200000 --bq-events 50000
+    .venv/bin/python bench/bench_export.py --events 200000 --bq-events 50000 \
+        --bootstrap 127.0.0.1:9092 --bigquery-endpoint http://127.0.0.1:9050 \
+        --storage-endpoint http://127.0.0.1:9023
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -74,15 +84,23 @@ def _raw_consume(config: KafkaConfig, topic: str, events: int, partitions: int) 
     consumer.close()
 
 
+def _cpu_s() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
 def _timed(name: str, repeats: int, rows: int, action: Callable[[], None]) -> float:
-    """Median rows/s over ``repeats`` runs of ``action``."""
+    """Median rows/s over ``repeats`` runs of ``action``; prints µs of this process's CPU/row."""
     rates = []
     for attempt in range(repeats):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu_s()
         action()
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, _cpu_s() - cpu
         rates.append(rows / seconds)
-        print(f"  {name} run {attempt + 1}: {seconds:.2f}s = {rows / seconds:,.0f} rows/s")
+        print(
+            f"  {name} run {attempt + 1}: {seconds:.2f}s = {rows / seconds:,.0f} rows/s, "
+            f"{cpu * 1e6 / rows:.1f} µs CPU/row"
+        )
     return statistics.median(rates)
 
 
@@ -94,7 +112,11 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--bigquery-endpoint", default="http://127.0.0.1:9050")
+    parser.add_argument("--storage-endpoint", default="http://127.0.0.1:9023")
     parser.add_argument("--project", default="kafka-beam-ml-local")
+    parser.add_argument(
+        "--skip-streaming", action="store_true", help="only the TFRecord and FILE_LOADS paths"
+    )
     parser.add_argument("--settle", type=float, default=10.0, help="s for the broker to go idle")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -109,11 +131,19 @@ def main() -> None:
         "--filter=Amount >= 0",
         f"--project={args.project}",
     ]
-    endpoints = GcpEndpoints(project=args.project, bigquery_endpoint=args.bigquery_endpoint)
+    endpoints = GcpEndpoints(
+        project=args.project,
+        bigquery_endpoint=args.bigquery_endpoint,
+        storage_endpoint=args.storage_endpoint,
+    )
     bq = endpoints.bigquery_client()
+    bucket = endpoints.storage_client().create_bucket(f"bench-export-{uuid.uuid4().hex[:8]}")
 
     topic = _produce(config, args.events, args.partitions)
-    bq_topic = _produce(config, args.bq_events, args.partitions)
+    bucket.blob("load_alone.json").upload_from_string(
+        b"".join(_event(i) + b"\n" for i in range(args.events))
+    )
+    bq_topic = topic if args.skip_streaming else _produce(config, args.bq_events, args.partitions)
     time.sleep(args.settle)  # noida-db snapshots its state a few seconds after writes
 
     def to_gcs() -> None:
@@ -145,27 +175,74 @@ def main() -> None:
         finally:
             bq.delete_dataset(dataset, delete_contents=True, retry=endpoints.bigquery_retry)
 
-    def to_bigquery() -> None:
+    def to_bigquery(topic_name: str, *extra: str, expect: int | None = None) -> None:
         dataset = f"bench_{uuid.uuid4().hex[:8]}"
         bq.create_dataset(dataset, retry=endpoints.bigquery_retry)
         try:
             kafka_to_bigquery.run(
                 [
                     *source,
-                    f"--inputTopic={bq_topic}",
+                    f"--inputTopic={topic_name}",
                     f"--outputTableSpec={args.project}:{dataset}.events",
                     f"--bigqueryEndpoint={args.bigquery_endpoint}",
+                    *extra,
                 ]
             )
+            if expect is not None:
+                rows = bq.get_table(f"{args.project}.{dataset}.events").num_rows
+                assert rows == expect, f"FILE_LOADS table holds {rows} rows, not {expect}"
         finally:
             bq.delete_dataset(dataset, delete_contents=True, retry=endpoints.bigquery_retry)
 
+    def load_job_alone() -> None:
+        """The emulator's own load ceiling: the same rows as one JSON-lines file, one job."""
+        dataset = f"bench_{uuid.uuid4().hex[:8]}"
+        bq.create_dataset(dataset, retry=endpoints.bigquery_retry)
+        try:
+            job = bq.load_table_from_uri(
+                f"gs://{bucket.name}/load_alone.json",
+                f"{args.project}.{dataset}.events",
+                job_config=bigquery.LoadJobConfig(
+                    source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
+                    schema=[
+                        bigquery.SchemaField.from_api_repr(f)
+                        for f in bundled_schema("creditcard").to_bigquery_json()["fields"]
+                    ],
+                ),
+                retry=endpoints.bigquery_retry,
+            )
+            job.result(timeout=600)
+        finally:
+            bq.delete_dataset(dataset, delete_contents=True, retry=endpoints.bigquery_retry)
+
+    def file_loads() -> None:
+        to_bigquery(
+            topic,
+            "--writeMethod=FILE_LOADS",
+            f"--temp_location=gs://{bucket.name}/tmp",
+            f"--storageEndpoint={args.storage_endpoint}",
+            expect=args.events,
+        )
+
     print(f"medians of {args.repeats} runs:")
     try:
-        _report(args, config, topic, bq_topic, to_gcs, to_bigquery, insert_loop)
+        _report(
+            args,
+            config,
+            topic,
+            bq_topic,
+            to_gcs,
+            file_loads,
+            load_job_alone,
+            lambda: to_bigquery(bq_topic),
+            insert_loop,
+        )
     finally:
+        for blob in endpoints.storage_client().list_blobs(bucket.name):
+            blob.delete()
+        bucket.delete()
         # Big topics make the shared noida-db rewrite a large snapshot after every change.
-        AdminClient(config.producer_dict()).delete_topics([topic, bq_topic])
+        AdminClient(config.producer_dict()).delete_topics(list({topic, bq_topic}))
 
 
 def _report(
@@ -174,6 +251,8 @@ def _report(
     topic: str,
     bq_topic: str,
     to_gcs: Callable[[], None],
+    file_loads: Callable[[], None],
+    load_job_alone: Callable[[], None],
     to_bigquery: Callable[[], None],
     insert_loop: Callable[[], None],
 ) -> None:
@@ -184,20 +263,35 @@ def _report(
         args.events,
         lambda: _raw_consume(config, topic, args.events, args.partitions),
     )
-    base_bq = _timed(
-        "raw consume (bq topic)",
-        args.repeats,
-        args.bq_events,
-        lambda: _raw_consume(config, bq_topic, args.bq_events, args.partitions),
-    )
     gcs = _timed("kafka_to_gcs", args.repeats, args.events, to_gcs)
-    bigquery = _timed("kafka_to_bigquery", args.repeats, args.bq_events, to_bigquery)
-    ceiling = _timed("insertAll loop", args.repeats, args.bq_events, insert_loop)
+    loads = _timed("kafka_to_bigquery FILE_LOADS", args.repeats, args.events, file_loads)
+    alone = _timed("load job alone", args.repeats, args.events, load_job_alone)
+    if not args.skip_streaming:
+        base_bq = _timed(
+            "raw consume (bq topic)",
+            args.repeats,
+            args.bq_events,
+            lambda: _raw_consume(config, bq_topic, args.bq_events, args.partitions),
+        )
+        bigquery = _timed("kafka_to_bigquery", args.repeats, args.bq_events, to_bigquery)
+        ceiling = _timed("insertAll loop", args.repeats, args.bq_events, insert_loop)
     print()
     print(f"{'path':<28}{'rows':>9}{'rows/s':>12}{'vs raw consume':>16}")
     print(f"{'raw consume (baseline)':<28}{args.events:>9}{base:>12,.0f}{1.0:>15.3f}x")
-    print(f"{'raw consume, bq topic':<28}{args.bq_events:>9}{base_bq:>12,.0f}{1.0:>15.3f}x")
     print(f"{'kafka_to_gcs (TFRecord)':<28}{args.events:>9}{gcs:>12,.0f}{gcs / base:>15.3f}x")
+    print(
+        f"{'kafka_to_bigquery FILE_LOADS':<28}{args.events:>9}{loads:>12,.0f}{loads / base:>15.3f}x"
+    )
+    # The load job runs after the read, so the best a FILE_LOADS pipeline can do is their sum.
+    ceiling_loads = 1 / (1 / base + 1 / alone)
+    print(f"{'load job alone (emul.)':<28}{args.events:>9}{alone:>12,.0f}{alone / base:>15.3f}x")
+    print(
+        f"FILE_LOADS / (raw consume + load job alone): {loads / ceiling_loads:.3f} "
+        f"(that sum: {ceiling_loads:,.0f} rows/s)"
+    )
+    if args.skip_streaming:
+        return
+    print(f"{'raw consume, bq topic':<28}{args.bq_events:>9}{base_bq:>12,.0f}{1.0:>15.3f}x")
     print(
         f"{'kafka_to_bigquery (emul.)':<28}{args.bq_events:>9}{bigquery:>12,.0f}"
         f"{bigquery / base_bq:>15.3f}x"

@@ -127,7 +127,7 @@ KafkaToGcsOptions = options_class("KafkaToGcsOptions", OPTIONS)
 
 
 class KafkaToGcsOutputs(NamedTuple):
-    """PCollections of a built pipeline, for tests."""
+    """PCollections of a built pipeline, for tests; ``rows`` are batches (lists) of rows."""
 
     rows: beam.PCollection
     files: beam.PCollection
@@ -180,17 +180,24 @@ def build_pipeline(
     directory = values["outputDirectory"].rstrip("/")
     frequency = values["windowSeconds"] if source.streaming else None
     transform_dir = None
-    decoded = source.read_and_decode(p)
+    # Lists of rows from the reader to the shard files: Beam's per-element cost between steps
+    # was most of the export's time (docs/benchmarks.md). Rows scored for ANOMALY() come one by
+    # one.
+    batched = source.model is None
+    decoded = source.read_and_decode(p, batched=batched)
     if values["analyzeTransform"]:
         from transforms.preprocessing.tft import AnalyzeAndWriteTransform  # TF Transform is heavy
 
         transform_dir = FileSystems.join(directory, TRANSFORM_DIR)
-        _ = decoded.rows | "AnalyzeTransform" >> AnalyzeAndWriteTransform(
+        rows = decoded.rows
+        if batched:  # tf.Transform analyzes single rows
+            rows = rows | "Unbatch" >> beam.FlatMap(lambda batch: batch)
+        _ = rows | "AnalyzeTransform" >> AnalyzeAndWriteTransform(
             source.output_schema,
             transform_dir,
             label=values.get("labelField"),
         )
-    written = decoded.rows | "WriteTFRecords" >> WriteTFRecords(
+    sink = WriteTFRecords(
         FileSystems.join(directory, SHARD_PREFIX),
         source.output_schema,
         num_shards=values["numShards"],
@@ -198,6 +205,7 @@ def build_pipeline(
         transform_dir=transform_dir,
         triggering_frequency=frequency,
     )
+    written = decoded.rows | "WriteTFRecords" >> (sink.batched() if batched else sink)
     dead_letters = (
         decoded.dead_letters,
         written.dead_letters,

@@ -327,10 +327,11 @@ class RowSource:
     ) -> DecodedRows:
         """Kafka → DecodeAndValidate → ``--filter``; ``with_records`` keeps
         ``(KafkaRecord, row)`` pairs; ``batched`` makes ``rows`` lists, one per polled batch
-        (no per-element Beam cost; not with ``--filter``, which works row by row)."""
-        if batched and self.row_filter is not None:
-            raise ValueError("batched rows cannot be filtered: read unbatched with --filter")
+        that kept any row (no per-element Beam cost; not for rows scored for ``ANOMALY()``,
+        which are scored and filtered row by row)."""
         if self.model is not None:
+            if batched:
+                raise ValueError("rows scored for ANOMALY() are read unbatched")
             return self._read_score_and_filter(p, with_records, reader_options)
         reader = self.reader(**reader_options)
         decoder = self.decoder().with_records() if with_records else self.decoder()
@@ -339,7 +340,8 @@ class RowSource:
         decoded = p | "ReadFromKafka" >> reader | "DecodeAndValidate" >> decoder
         if self.row_filter is None:
             return DecodedRows(decoded.rows, decoded.dead_letters)
-        kept = decoded.rows | "Filter" >> Filter(_OnRow(self.row_filter)).with_dead_letters()
+        row_filter = Filter(_OnRow(self.row_filter)).with_dead_letters()
+        kept = decoded.rows | "Filter" >> (row_filter.batched() if batched else row_filter)
         dead_letters = (decoded.dead_letters, kept.dead_letters) | "SourceDeadLetters" >> (
             beam.Flatten()
         )

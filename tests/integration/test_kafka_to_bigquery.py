@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 
 import apache_beam as beam
 import pytest
@@ -203,3 +204,32 @@ def test_a_replay_dedupes_on_kafka_coordinate_insert_ids(
     project = stack_env["GOOGLE_CLOUD_PROJECT"]
     rows = table_rows(bq_client, gcp_endpoints, f"{project}.{bq_dataset}.transactions")
     assert sorted(rows, key=lambda r: r["event_id"]) == valid
+
+
+def test_a_retried_load_step_waits_for_its_job_instead_of_loading_twice(
+    stack_env, bq_client, bq_dataset, gcp_endpoints, gcs_bucket
+):
+    from transforms.sinks.bigquery_loads import _json_lines, _LoadFilesFn
+
+    rows = [creditcard_event(i) for i in range(5)]
+    bucket = gcs_bucket[len("gs://") :]
+    gcp_endpoints.storage_client().bucket(bucket).blob("load/rows.json").upload_from_string(
+        _json_lines(rows)
+    )
+    table = f"{stack_env['GOOGLE_CLOUD_PROJECT']}.{bq_dataset}.loaded"
+    load = _LoadFilesFn(
+        table,
+        bundled_schema("creditcard").to_bigquery_json(),
+        endpoints=gcp_endpoints,
+        create_disposition="CREATE_IF_NEEDED",
+        write_disposition="WRITE_APPEND",
+        job_prefix=f"test_{uuid.uuid4().hex}",
+        timeout_s=120,
+    )
+    load.setup()
+    first = list(load.process(None, [f"{gcs_bucket}/load/rows.json"]))
+    # The runner retries the step (say it died after the job ran): same job id, files gone.
+    again = list(load.process(None, [f"{gcs_bucket}/load/rows.json"]))
+    assert first == again and len(first) == 1
+    loaded = table_rows(bq_client, gcp_endpoints, table)
+    assert sorted(loaded, key=lambda r: r["event_id"]) == rows

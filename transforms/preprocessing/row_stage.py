@@ -4,7 +4,7 @@ A user callable that fails on a row (a typo'd field, a division by zero) is a bu
 the error propagates with a message naming the stage. ``stage.with_dead_letters()`` opts in to
 routing such rows to a :class:`~transforms.dead_letter.DeadLetter` output instead (payload = the
 row as JSON), for pipelines that must keep running; the stage then returns
-:class:`RowsAndDeadLetters`.
+:class:`RowsAndDeadLetters`. ``stage.batched()`` runs the same stage on batches (lists) of rows.
 
 Counters live in namespace ``kafka_beam_ml.preprocess`` as ``<stage>.<outcome>``.
 """
@@ -20,6 +20,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
+from transforms.batch import Batch
 from transforms.dead_letter import DEAD_LETTER_TAG, DeadLetter
 from transforms.decoding.rejection import Rejected
 
@@ -70,19 +71,39 @@ class _RowFn(beam.DoFn):
         try:
             yield from self._op(row, *side)
         except Exception as err:  # noqa: BLE001 - user callables may raise anything
-            if not self._op.routes_dead_letters:
-                raise RowStageError(
-                    f"{self._op.stage} stage failed on a row: {type(err).__name__}: {err}"
-                ) from err
-            self._dead.inc()
-            _LOGGER.debug(
-                "%s stage dead-lettered a row: %s: %s", self._op.stage, type(err).__name__, err
-            )
-            reason = err.reason if isinstance(err, Rejected) else type(err).__name__
-            message = err.message if isinstance(err, Rejected) else str(err)
-            yield pvalue.TaggedOutput(
-                DEAD_LETTER_TAG, DeadLetter.from_row(row, self._op.stage, message, reason)
-            )
+            yield self._failed(row, err)
+
+    def _failed(self, row: Any, err: Exception) -> pvalue.TaggedOutput:
+        """The row's dead letter, or RowStageError when dead letters are not enabled."""
+        if not self._op.routes_dead_letters:
+            raise RowStageError(
+                f"{self._op.stage} stage failed on a row: {type(err).__name__}: {err}"
+            ) from err
+        self._dead.inc()
+        _LOGGER.debug(
+            "%s stage dead-lettered a row: %s: %s", self._op.stage, type(err).__name__, err
+        )
+        reason = err.reason if isinstance(err, Rejected) else type(err).__name__
+        message = err.message if isinstance(err, Rejected) else str(err)
+        return pvalue.TaggedOutput(
+            DEAD_LETTER_TAG, DeadLetter.from_row(row, self._op.stage, message, reason)
+        )
+
+
+class _BatchRowFn(_RowFn):
+    """The same op over a batch of rows: one output batch (if any row is left), dead letters
+    one by one; Beam's per-element cost is paid per batch."""
+
+    def process(self, rows, *side):
+        out = Batch()
+        op = self._op
+        for row in rows:
+            try:
+                out.extend(op(row, *side))
+            except Exception as err:  # noqa: BLE001 - user callables may raise anything
+                yield self._failed(row, err)
+        if out:
+            yield out
 
 
 class RowStage(beam.PTransform):
@@ -92,11 +113,20 @@ class RowStage(beam.PTransform):
         super().__init__(label)
         self._op = op
         self._route_dead_letters = False
+        self._batched = False
 
     def with_dead_letters(self) -> RowStage:
         """The same stage, returning :class:`RowsAndDeadLetters` instead of raising on bad rows."""
         clone = copy.copy(self)
         clone._route_dead_letters = True
+        return clone
+
+    def batched(self) -> RowStage:
+        """The same stage on batches of rows (lists, e.g. ``DecodeAndValidate(...).batched()``):
+        each input batch gives one :class:`~transforms.batch.Batch` of output rows (none when no
+        row is left); dead letters stay single."""
+        clone = copy.copy(self)
+        clone._batched = True
         return clone
 
     def expand(self, rows: beam.PCollection):
@@ -105,7 +135,10 @@ class RowStage(beam.PTransform):
     def _run(self, rows: beam.PCollection, *side_inputs: Any):
         op = copy.copy(self._op)
         op.routes_dead_letters = self._route_dead_letters
-        fn = beam.ParDo(_RowFn(op), *side_inputs)
+        if self._batched:
+            fn = beam.ParDo(_BatchRowFn(op), *side_inputs).with_output_types(Batch)
+        else:
+            fn = beam.ParDo(_RowFn(op), *side_inputs)
         step = self._op.stage.capitalize()
         if not self._route_dead_letters:
             return rows | step >> fn

@@ -396,3 +396,7 @@ class WithEventTime(RowStage):
         if not field:
             raise ValueError("WithEventTime needs a field name")
         super().__init__(_EventTimeOp(field), label)
+
+    def batched(self) -> WithEventTime:
+        """Refused: a batch has one timestamp, so rows in it cannot each get their own."""
+        raise TypeError("WithEventTime works row by row: apply it before batching")

@@ -9,10 +9,12 @@ Two methods:
   bundle dedupes in BigQuery. Rows BigQuery rejects as invalid come back as
   ``DeadLetter(stage="bigquery")``; transient errors are retried a bounded number of times and
   then fail the bundle (so it is retried, never silently dropped and never hanging for minutes).
-* ``FILE_LOADS`` (bounded input): Beam's ``WriteToBigQuery`` load jobs. BigQuery rejects a whole
-  load job, not single rows, so there are no per-row dead letters: a bad row fails the pipeline.
-  Offsets are committed when the reader's bundle finishes, i.e. after the rows were written to the
-  temporary files but *before* the load job ran; see ``docs/export_pipelines.md``.
+* ``FILE_LOADS`` (bounded input): newline-JSON files and load jobs
+  (:mod:`transforms.sinks.bigquery_loads`, a batch of rows per file write). BigQuery rejects a
+  whole load job, not single rows, so there are no per-row dead letters: a bad row fails the
+  pipeline. Offsets are committed when the reader's bundle finishes, i.e. after the rows were
+  written to the temporary files but *before* the load job ran; see
+  ``docs/export_pipelines.md``.
 
 Usage::
 
@@ -25,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import base64
+import copy
 import dataclasses
 import hashlib
 import json
@@ -37,12 +40,13 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.gcp import bigquery_tools
-from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
+from apache_beam.io.gcp.bigquery import BigQueryDisposition
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 
 from transforms.dead_letter import BIGQUERY_SCHEMA, DEAD_LETTER_TAG, DeadLetter
 from transforms.decoding.schema import RowSchema
 from transforms.kafka.record import KafkaRecord
+from transforms.sinks.bigquery_loads import LoadBatchesToBigQuery
 from transforms.sinks.gcp_endpoints import GcpEndpoints
 from transforms.size_limits import FitDeadLetters, FixedSizeLimit
 
@@ -83,7 +87,7 @@ class BigQueryWriteResult(NamedTuple):
     """What :class:`WriteRowsToBigQuery` returns.
 
     ``dead_letters``: rows BigQuery rejected (always empty for ``FILE_LOADS``, where a bad row
-    fails the load job). ``load_jobs``: ``(table, JobReference)`` pairs of ``FILE_LOADS``, else
+    fails the load job). ``load_jobs``: ``(table id, job id)`` pairs of ``FILE_LOADS``, else
     None.
     """
 
@@ -366,6 +370,15 @@ class WriteRowsToBigQuery(beam.PTransform):
         self._initial_backoff_s = initial_backoff_s
         self._request_timeout_s = request_timeout_s
         self._custom_gcs_temp_location = custom_gcs_temp_location
+        self._batched = False
+
+    def batched(self) -> WriteRowsToBigQuery:
+        """The same sink for batches (lists) of rows or pairs, e.g. from
+        ``DecodeAndValidate(...).batched()``: ``FILE_LOADS`` writes each batch to its load file
+        in one go; ``STREAMING_INSERTS`` takes the rows one by one as before."""
+        clone = copy.copy(self)
+        clone._batched = True
+        return clone
 
     def expand(self, pcoll: beam.PCollection) -> BigQueryWriteResult:
         project = (
@@ -380,22 +393,29 @@ class WriteRowsToBigQuery(beam.PTransform):
         if self._method == "FILE_LOADS":
             if not pcoll.is_bounded:
                 raise ValueError("FILE_LOADS needs bounded input; use STREAMING_INSERTS")
-            result = (
+            temp_location = (
+                self._custom_gcs_temp_location
+                or pcoll.pipeline.options.view_as(GoogleCloudOptions).temp_location
+            )
+            if not temp_location:
+                raise ValueError("FILE_LOADS needs custom_gcs_temp_location or --temp_location")
+            batches = (
                 pcoll
-                | "ToJsonRows" >> beam.Map(lambda element: _json_row(_split(element)[1]))
-                | "LoadJobs"
-                >> WriteToBigQuery(
-                    table,
-                    schema=bq_schema,
-                    method=WriteToBigQuery.Method.FILE_LOADS,
-                    create_disposition=self._create_disposition,
-                    write_disposition=self._write_disposition,
-                    test_client=endpoints.beam_bigquery_client(),
-                    custom_gcs_temp_location=self._custom_gcs_temp_location,
-                )
+                if self._batched
+                else pcoll | "Batch" >> beam.BatchElements(min_batch_size=500, max_batch_size=5000)
+            )
+            jobs = batches | "LoadJobs" >> LoadBatchesToBigQuery(
+                f"{reference.projectId}.{reference.datasetId}.{reference.tableId}",
+                bq_schema,
+                endpoints=endpoints,
+                temp_location=temp_location,
+                create_disposition=self._create_disposition,
+                write_disposition=self._write_disposition,
             )
             empty = pcoll.pipeline | "NoRowDeadLetters" >> beam.Create([])
-            return BigQueryWriteResult(empty, result.destination_load_jobid_pairs)
+            return BigQueryWriteResult(empty, jobs)
+        if self._batched:
+            pcoll = pcoll | "Unbatch" >> beam.FlatMap(lambda batch: batch)
         outputs = pcoll | "StreamingInserts" >> beam.ParDo(
             _StreamingInsertFn(
                 table,

@@ -179,3 +179,40 @@ def test_with_dead_letters_routes_failing_rows_and_keeps_the_rest():
 def test_bad_arguments_fail_at_construction(make, error, message):
     with pytest.raises(error, match=message):
         make()
+
+
+def test_batched_stages_give_the_rows_and_dead_letters_of_the_row_stages_in_lists():
+    batches = [ROWS[:2], [], [ROWS[2]]]
+    ratio = Filter(lambda r: r["speed_kmh"] / r["engine_rpm"] > 0.04).with_dead_letters()
+    with TestPipeline() as pipeline:
+        by_row = pipeline | "Rows" >> beam.Create(ROWS) | "ByRow" >> ratio
+        by_batch = pipeline | "Batches" >> beam.Create(batches) | "ByBatch" >> ratio.batched()
+        projected = by_batch.rows | Project(lat2=Expr("latitude * 2")).with_dead_letters().batched()
+        assert_that(by_batch.rows, equal_to([ROWS[:2]]), label="KeptList")
+        for name, result in (("Row", by_row), ("Batch", by_batch)):
+            assert_that(
+                result.dead_letters | f"{name}Dead" >> beam.Map(lambda d: (d.stage, d.payload)),
+                equal_to(
+                    [
+                        (
+                            "filter",
+                            b'{"car_id": "car-3", "engine_rpm": 0.0, "latitude": 48.2, '
+                            b'"speed_kmh": 150.0}',
+                        )
+                    ]
+                ),
+                label=f"{name}DeadLetters",
+            )
+        assert_that(projected.rows, equal_to([[{"lat2": 96.2}]]), label="Proj")
+        assert_that(
+            projected.dead_letters | "P" >> beam.Map(lambda d: d.error_type),
+            equal_to(["TypeError"]),  # car-1 has no latitude
+            label="ProjectDead",
+        )
+
+
+def test_batched_failure_raises_naming_the_stage_by_default():
+    pipeline = TestPipeline()
+    _ = pipeline | beam.Create([ROWS]) | Project("car_id", "colour").batched()
+    with pytest.raises(RowStageError, match="project stage failed on a row: KeyError.*'colour'"):
+        pipeline.run().wait_until_finish()

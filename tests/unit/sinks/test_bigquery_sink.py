@@ -227,3 +227,17 @@ def test_table_without_project_needs_one_configured():
                 | beam.Create([{"event_id": "a", "Amount": 1.0}])
                 | WriteRowsToBigQuery("ds.events", SCHEMA)
             )
+
+
+def test_load_file_lines_are_the_streaming_rows_as_json_lines():
+    from transforms.sinks.bigquery import _json_row
+    from transforms.sinks.bigquery_loads import _json_lines
+
+    rows = [
+        {"event_id": "a", "Amount": 1.5, "raw": b"\x00\xff", "tags": ["x"], "n": None},
+        {"event_id": "b", "Amount": 2.0, "nested": {"raw": b"\x01"}},
+    ]
+    lines = _json_lines(rows).decode().splitlines()
+    assert [json.loads(line) for line in lines] == [_json_row(row) for row in rows]
+    record = KafkaRecord("t", 0, 1, None, b"{}", 0)
+    assert _json_lines([(record, row) for row in rows]) == _json_lines(rows)

@@ -232,6 +232,10 @@ def _with_protobuf_api(row, schema):
         {"f": float("inf"), "i": -1, "fs": [], "is": [], "ss": []},
         {"f": 3.4e38, "fs": [0.1, -2.5, 1e39], "is": [0, 1, -1, 300, 2**40], "ss": ["a", ""]},
         {"f": 2.0, "ünï" + "x" * 200: 7.25, "ss": ["y" * 300]},
+        # the one-byte-length shortcut and just past it (key "s": 3 bytes, limit 119 bytes)
+        {"f": 1.0, "s": "z" * 118, "t": "2026-12-04T00:00:00Z", "i": 127, "is": [127]},
+        {"f": 1.0, "s": "z" * 119, "i": 128},
+        {"f": 1.0, "s": "é" * 60, "i": 0, "b": True},
     ],
 )
 def test_hand_written_wire_bytes_parse_to_what_the_protobuf_api_builds(row):
@@ -242,3 +246,94 @@ def test_hand_written_wire_bytes_parse_to_what_the_protobuf_api_builds(row):
 def test_integers_beyond_int64_are_refused():
     with pytest.raises(ValueError, match="int64"):
         row_to_example({"f": 1.0, "i": 2**63}, WIDE)
+
+
+def _records(pattern: str, compression: str = "") -> list[bytes]:
+    files = sorted(glob.glob(pattern))
+    assert files, f"no shards match {pattern}"
+    return sorted(r.numpy() for r in tf.data.TFRecordDataset(files, compression_type=compression))
+
+
+@pytest.mark.parametrize("suffix", [".tfrecord", ".tfrecord.gz"], ids=["plain", "gzip"])
+def test_batched_writes_the_records_and_dead_letters_of_the_row_path(tmp_path, suffix):
+    rows = GOOD + BAD + [dict(GOOD[0], event_id=f"x{i}") for i in range(5)]
+    batches = [rows[:3], [], rows[3:6], rows[6:]]
+    with TestPipeline() as p:
+        by_row = (
+            p
+            | "Rows" >> beam.Create(rows)
+            | "ByRow"
+            >> WriteTFRecords(
+                os.path.join(tmp_path, "row", "part"), SCHEMA, file_name_suffix=suffix
+            )
+        )
+        by_batch = (
+            p
+            | "Batches" >> beam.Create(batches)
+            | "ByBatch"
+            >> WriteTFRecords(
+                os.path.join(tmp_path, "batch", "part"),
+                SCHEMA,
+                num_shards=2,
+                file_name_suffix=suffix,
+            ).batched()
+        )
+        for name, result in (("row", by_row), ("batch", by_batch)):
+            assert_that(
+                result.dead_letters
+                | f"{name}Letters"
+                >> beam.Map(lambda d: (d.stage, d.error_type, json.loads(d.payload)["event_id"])),
+                equal_to(
+                    [
+                        ("tfrecord", "ValueError", "e3"),
+                        ("tfrecord", "TypeError", "e4"),
+                        ("tfrecord", "ValueError", "e5"),
+                    ]
+                ),
+                label=f"{name} dead letters",
+            )
+        assert_that(
+            by_batch.files | beam.Map(os.path.basename),
+            equal_to([f"part-0000{i}-of-00002{suffix}" for i in range(2)]),
+            label="batch files",
+        )
+    compression = "GZIP" if suffix.endswith(".gz") else ""
+    by_row_records = _records(os.path.join(tmp_path, "row", f"part-*{suffix}"), compression)
+    assert len(by_row_records) == 7
+    assert _records(os.path.join(tmp_path, "batch", f"part-*{suffix}"), compression) == (
+        by_row_records
+    )
+    assert os.path.exists(os.path.join(tmp_path, "batch", SCHEMA_FILE))
+
+
+def test_batched_unbounded_batches_are_written_per_window(tmp_path):
+    stream = (
+        TestStream()
+        .add_elements([TimestampedValue([{"event_id": "a", "amount": 1.0}], 1)])
+        .add_elements([TimestampedValue([{"event_id": "b", "amount": 2.0}], 12)])
+        .advance_watermark_to_infinity()
+    )
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    prefix = os.path.join(tmp_path, "part")
+    with TestPipeline(options=options) as p:
+        result = p | stream | WriteTFRecords(prefix, SCHEMA, triggering_frequency=10).batched()
+        assert_that(result.dead_letters, equal_to([]), label="no dead letters")
+    shards = sorted(glob.glob(prefix + "*.tfrecord"))
+    assert len(shards) == 2, shards  # one per 10 s window
+    assert [r["event_id"] for r in _read_back(prefix + "*.tfrecord")] == [b"a", b"b"]
+
+
+def test_tfrecord_frames_are_beams_framing_byte_for_byte():
+    import io
+
+    from apache_beam.io.tfrecordio import _TFRecordUtil
+
+    from transforms.sinks.batch_files import tfrecord_frames
+
+    example = row_to_example(GOOD[0], SCHEMA).SerializeToString()
+    records = [b"", b"x", bytes(range(256)) * 40, example]
+    expected = io.BytesIO()
+    for record in records:
+        _TFRecordUtil.write_record(expected, record)
+    assert tfrecord_frames(records) == expected.getvalue()
