@@ -162,7 +162,12 @@ def group_lease(values: Mapping[str, Any]) -> GroupLease | None:
     group = values.get("consumerGroupId")
     if group is None:
         return None
-    return GroupLease(KafkaConfig.from_options(values), [values["inputTopic"]], group)
+    return GroupLease(
+        KafkaConfig.from_options(values),
+        [values["inputTopic"]],
+        group,
+        topics_option="--inputTopic",
+    )
 
 
 def _row_filter(text: str | None, schema: RowSchema) -> Expr | None:

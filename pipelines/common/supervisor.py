@@ -33,7 +33,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import apache_beam as beam
@@ -47,6 +47,7 @@ from pipelines.common.options import OptionError
 from pipelines.common.watchdog import Watchdog
 from transforms.inference.model_server_handler import ModelServerError
 from transforms.kafka.config import KafkaConfigError
+from transforms.kafka.group_lease import ConsumerGroupInUseError
 from transforms.mqtt.config import MqttConfigError
 from transforms.mqtt.session import MqttPermanentError
 
@@ -99,6 +100,7 @@ _PERMANENT_TYPES = (
     MqttConfigError,
     MqttPermanentError,
     ModelServerError,
+    ConsumerGroupInUseError,  # another copy runs: stop it or choose another group
 )
 
 
@@ -156,7 +158,7 @@ def run_pipeline(
     Raises ``SystemExit(EXIT_PERMANENT)`` on a permanent error, re-raises the last error when
     a local stream exhausts its restarts or any other runner fails.
     """
-    with lease if lease is not None else nullcontext():
+    with _stop_on_permanent(name), lease if lease is not None else nullcontext():
         _run_watched(
             build, options, name=name, watchdog=watchdog, metrics=metrics, clock=clock, sleep=sleep
         )
@@ -195,6 +197,24 @@ def _run_watched(
             metrics.stop()
 
 
+def _stop_if_permanent(err: Exception, name: str) -> None:
+    """Log why and exit with :data:`EXIT_PERMANENT` when no restart can fix ``err``."""
+    reason = permanent_reason(err)
+    if reason is not None:
+        _LOGGER.error("%s stopped: %s", name, reason)
+        raise SystemExit(EXIT_PERMANENT) from err
+
+
+@contextmanager
+def _stop_on_permanent(name: str) -> Iterator[None]:
+    """The same for errors outside the runs (taking the consumer group's lease)."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - re-raised unless permanent
+        _stop_if_permanent(err, name)
+        raise
+
+
 def _run_with_restarts(
     build: Callable[[beam.Pipeline], Any],
     options: PipelineOptions,
@@ -213,10 +233,7 @@ def _run_with_restarts(
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:  # noqa: BLE001 - classified below, never swallowed
-            reason = permanent_reason(err)
-            if reason is not None:
-                _LOGGER.error("%s stopped: %s", name, reason)
-                raise SystemExit(EXIT_PERMANENT) from err
+            _stop_if_permanent(err, name)
             if not restart:
                 raise
             now = clock()

@@ -13,6 +13,7 @@ import pytest
 from export_events import creditcard_event, produce
 
 from pipelines import kafka_to_gcs
+from pipelines.common.supervisor import EXIT_PERMANENT
 from transforms.decoding.schema import bundled_schema_path
 from transforms.kafka.group_lease import STALE_S, ConsumerGroupInUseError, GroupLease
 
@@ -80,8 +81,11 @@ def test_an_export_with_a_group_in_use_is_refused_before_reading(
         f"--outputDirectory={tmp_path / 'out'}",
     ]
     with GroupLease(kafka_config, [topic], group_id):  # the "other copy"
-        with pytest.raises(ConsumerGroupInUseError, match="--consumerGroupId"):
+        with pytest.raises(SystemExit) as stopped:  # no restart can fix it: exit 2
             kafka_to_gcs.run(args)
+    assert stopped.value.code == EXIT_PERMANENT
+    assert isinstance(stopped.value.__cause__, ConsumerGroupInUseError)
+    assert "--consumerGroupId" in str(stopped.value.__cause__)
     assert not (tmp_path / "out").exists()  # nothing read, nothing written
     kafka_to_gcs.run(args)  # alone, the same export runs
     assert list((tmp_path / "out").glob("part-*"))

@@ -41,9 +41,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from transforms.kafka.config import KafkaConfig
+from transforms.kafka.partition_plan import KafkaTopicNotFoundError
 
 __all__ = ["GroupLease", "ConsumerGroupInUseError", "LEASE_SUFFIX", "HEARTBEAT_S", "STALE_S"]
 
@@ -70,6 +71,7 @@ class GroupLease:
         config: the Kafka connection.
         topics: the topics the pipeline reads (the lease lives on the first one).
         group_id: the pipeline's consumer group.
+        topics_option: the option the topics come from, named when the first one is missing.
         consumer_factory: builds the client from a librdkafka dict (tests).
         clock, sleep: injected time (tests).
     """
@@ -80,6 +82,7 @@ class GroupLease:
         topics: Sequence[str],
         group_id: str,
         *,
+        topics_option: str | None = None,
         consumer_factory: Callable[[dict[str, str]], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -87,6 +90,7 @@ class GroupLease:
         self._config = config
         self._where = TopicPartition(topics[0], 0)
         self._group = group_id
+        self._topics_option = topics_option
         self._factory = consumer_factory or Consumer
         self._clock, self._sleep = clock, sleep
         self._me = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
@@ -103,9 +107,18 @@ class GroupLease:
 
     def _write(self, **fields: Any) -> None:
         record = json.dumps({**self._me, "beat": time.time(), **fields})
-        self._client.commit(
-            offsets=[TopicPartition(self._where.topic, 0, 0, metadata=record)], asynchronous=False
-        )
+        try:
+            self._client.commit(
+                offsets=[TopicPartition(self._where.topic, 0, 0, metadata=record)],
+                asynchronous=False,
+            )
+        except KafkaException as err:
+            error = err.args[0] if err.args else None
+            if getattr(error, "code", lambda: None)() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise KafkaTopicNotFoundError.of(
+                    self._where.topic, error.name(), self._topics_option
+                ) from err
+            raise
 
     def _refuse(self, holder: dict) -> ConsumerGroupInUseError:
         return ConsumerGroupInUseError(
