@@ -81,12 +81,15 @@ class _Server:
                 try:
                     time.sleep(server.delay_s)
                     if fail:
-                        self._answer(503, {"error": "model anomaly is not ready"})
+                        answer = (503, {"error": "model anomaly is not ready"})
                     else:
-                        self._answer(*server.predict(self.path, body))
+                        answer = server.predict(self.path, body)
                 finally:
+                    # Before answering: once answered, the client's next request may arrive
+                    # before this thread would get here, and count as one too many in flight.
                     with server._lock:
                         server.in_flight -= 1
+                self._answer(*answer)
 
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._http.server_address[1]}"
