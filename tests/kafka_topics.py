@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -9,7 +10,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from transforms.kafka.config import LOCAL_BROKER_SETTINGS, KafkaConfig
 
-__all__ = ["read_topic"]
+__all__ = ["read_event_ids", "read_topic"]
 
 
 def read_topic(
@@ -40,3 +41,8 @@ def read_topic(
         return messages
     finally:
         consumer.close()
+
+
+def read_event_ids(config: KafkaConfig | str, topic: str, partitions: int) -> set[str]:
+    """The ``event_id`` fields of every JSON message of ``topic`` (events or predictions)."""
+    return {json.loads(m.value())["event_id"] for m in read_topic(config, topic, partitions)}

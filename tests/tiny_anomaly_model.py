@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CREDITCARD_FEATURES", "write_model", "expected_score"]
+__all__ = ["CREDITCARD_FEATURES", "creditcard_event", "write_model", "expected_score"]
 
 CREDITCARD_FEATURES: tuple[str, ...] = ("Time", *(f"V{i}" for i in range(1, 29)), "Amount")
 
@@ -74,3 +75,11 @@ def expected_score(
     """The score :func:`write_model`'s model gives ``row``, computed with numpy in float32."""
     x = np.array([row[n] for n in features], np.float32)
     return float(np.mean(np.float32(weight) * np.square(x - np.float32(center))))
+
+
+def creditcard_event(event_id: str, rng: np.random.Generator) -> bytes:
+    """One JSON card event of the bundled ``creditcard`` schema, with random features."""
+    values = rng.normal(0, 1, len(CREDITCARD_FEATURES))
+    row = {name: float(v) for name, v in zip(CREDITCARD_FEATURES, values, strict=True)}
+    card = f"card-{zlib.crc32(event_id.encode()) % 7}"
+    return json.dumps({"event_id": event_id, "card_id": card, **row}).encode()

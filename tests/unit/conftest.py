@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from transforms.kafka.commit_trail import TRAIL
 from transforms.progress import ProgressRegistry
 
 
@@ -28,3 +29,11 @@ def clock() -> FakeClock:
 @pytest.fixture
 def registry(clock: FakeClock) -> ProgressRegistry:
     return ProgressRegistry(clock=clock)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_commit_trail():
+    """Fake clusters reuse names (``fake:9092``, group ``g``): each test starts with no trail."""
+    TRAIL.clear()
+    yield
+    TRAIL.clear()

@@ -32,7 +32,11 @@ Maven jar. This one reads each topic-partition as one restriction of a splittabl
   commit; nothing is lost, some records may be delivered again;
 * after a broker outage commits wait and the read fails once the broker is back, to restart from
   the group's offsets (:mod:`transforms.kafka.broker_outage`: a restarted broker may have lost
-  acknowledged outputs).
+  acknowledged outputs);
+* a read restarted from the group's offsets in a process that committed before checks that the
+  broker still holds the records its commits passed, and starts lower where it does not
+  (:mod:`transforms.kafka.commit_trail`: a restarted broker may also have lost inputs below the
+  committed offsets, whose offsets new records then take).
 
 Usage::
 
@@ -60,6 +64,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from transforms import progress
 from transforms.batch import Batch
 from transforms.kafka.broker_outage import KafkaBrokerOutageError, OutageWatch
+from transforms.kafka.commit_trail import GONE, TRAIL, fingerprint
 from transforms.kafka.config import KafkaConfig
 from transforms.kafka.heap import settle_heap
 from transforms.kafka.partition_plan import (
@@ -271,9 +276,13 @@ class _PlanPartitionsFn(beam.DoFn):
             if self._topics_option is None:
                 raise
             raise KafkaTopicNotFoundError.of(err.topic, err.code, self._topics_option) from err
+        else:
+            if self._plan_kwargs.get("start", "committed") == "committed":
+                plans = [self._verified(client, plan) for plan in plans]
         finally:
             client.close()
         for plan in plans:  # every partition shows its backlog before its first poll
+            TRAIL.started(self._reader.trail_key(plan.topic, plan.partition), plan.start_offset)
             progress.record_position(
                 plan.topic,
                 plan.partition,
@@ -284,6 +293,52 @@ class _PlanPartitionsFn(beam.DoFn):
         if self._watch_start is not None:
             known = frozenset((plan.topic, plan.partition) for plan in plans)
             yield PartitionWatch(self._topics, known, self._watch_start, listed_at)
+
+    def _verified(self, client, plan: PartitionPlan) -> PartitionPlan:
+        """``plan``, starting lower when the broker lost records this process had committed
+        past (see :mod:`transforms.kafka.commit_trail`); the group's offset is rewound too."""
+        key = self._reader.trail_key(plan.topic, plan.partition)
+        if not TRAIL.knows(key):
+            return plan  # the first read of this partition in this process
+        tp = TopicPartition(plan.topic, plan.partition)
+        timeout = self._reader.timeout_s
+        (committed,) = client.committed([tp], timeout=timeout)
+        if committed.offset < 0:
+            return plan
+        probe = self._reader.new_consumer()
+        try:
+            start = TRAIL.verified_start(
+                key, committed.offset, functools.partial(_record_at, probe, tp, timeout)
+            )
+            if start == committed.offset:
+                return plan
+            rewound = TopicPartition(tp.topic, tp.partition, start)
+            probe.commit(offsets=[rewound], asynchronous=False)
+        finally:
+            probe.close()
+        TRAIL.rewound(key, start)
+        return dataclasses.replace(plan, start_offset=start)
+
+
+def _record_at(consumer, tp: TopicPartition, timeout: float, offset: int):
+    """The fingerprint ``(timestamp, digest)`` of the record at ``offset``; ``None`` when the log
+    has none there, ``GONE`` when retention removed it (for ``CommitTrail.verified_start``)."""
+    low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+    if offset < low:
+        return GONE
+    if offset >= high:
+        return None
+    consumer.assign([TopicPartition(tp.topic, tp.partition, offset)])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for message in consumer.consume(num_messages=1, timeout=0.5):
+            if message.error() is None:
+                found, timestamp_ms, digest = fingerprint(message)
+                return (timestamp_ms, digest) if found == offset else None
+    raise KafkaUnavailableError(
+        f"Kafka {tp.topic}[{tp.partition}]: no record came back from offset {offset} within "
+        f"{timeout:g} s while checking what the broker still holds after a restart"
+    )
 
 
 class _ReaderSettings:
@@ -309,6 +364,10 @@ class _ReaderSettings:
         if error_cb is not None:
             settings["error_cb"] = error_cb
         return (self.consumer_factory or Consumer)(settings)
+
+    def trail_key(self, topic: str, partition: int) -> tuple[str, str, str, int]:
+        """The partition's key in :data:`~transforms.kafka.commit_trail.TRAIL`."""
+        return (self.config.bootstrap_servers, self.group_id or _NO_GROUP, topic, partition)
 
 
 class _ReadPartitionsFn(beam.DoFn):
@@ -349,6 +408,7 @@ class _ReadPartitionsFn(beam.DoFn):
         self._committed: dict[tuple[str, int], int] = {}
         self._staged_for: Any = None  # the bundle finalizer that commits ``_staged``
         self._staged: dict[tuple[str, int], int] = {}
+        self._staged_marks: dict[tuple[str, int], tuple[int, int, int]] = {}
         self._outage = OutageWatch()
 
     def teardown(self) -> None:
@@ -404,6 +464,7 @@ class _ReadPartitionsFn(beam.DoFn):
         plan_stop = plan.stop_offset  # the restriction's own stop shrinks when it checkpoints
         deadline = time.monotonic() + (self._max_process_s if budget_s is None else budget_s)
         done = emitted = False
+        mark = None  # fingerprint of the last record emitted, for the commit trail
         while True:
             stop = tracker.current_restriction().stop
             if next_offset >= stop:
@@ -433,6 +494,8 @@ class _ReadPartitionsFn(beam.DoFn):
                 if not tracker.try_claim(batch[-1].offset()):
                     break  # a runner checkpoint took the rest
                 next_offset = batch[-1].offset() + 1
+                if self._commit_offsets:
+                    mark = fingerprint(batch[-1])
                 sample = batch[:16]  # enough for a size estimate, cheap per batch
                 reader.mean_bytes = sum(len(m) for m in sample) / len(sample)
                 records, earliest = _records(plan.topic, plan.partition, batch)
@@ -464,8 +527,8 @@ class _ReadPartitionsFn(beam.DoFn):
             # noida-db), and no later restriction of this partition starts where this one ended.
             del self._consumers[(plan.topic, plan.partition)]
             reader.close()
-        if next_offset > start and self._commit_offsets:
-            self._stage_commit(finalizer, plan.topic, plan.partition, next_offset)
+        if mark is not None:
+            self._stage_commit(finalizer, plan.topic, plan.partition, next_offset, mark)
 
     @staticmethod
     def _cut(
@@ -521,22 +584,34 @@ class _ReadPartitionsFn(beam.DoFn):
             return idle_mark.micros >= plan.stop_timestamp_ms * 1000
         return False
 
-    def _stage_commit(self, finalizer, topic: str, partition: int, offset: int) -> None:
-        """Commit ``offset`` when the bundle is finalized, in one request with the bundle's
-        other partitions (a synchronous commit per partition made each live bundle longer)."""
+    def _stage_commit(
+        self, finalizer, topic: str, partition: int, offset: int, mark: tuple[int, int, int]
+    ) -> None:
+        """Commit ``offset`` (past the record ``mark``) when the bundle is finalized, in one
+        request with the bundle's other partitions (a synchronous commit per partition made each
+        live bundle longer)."""
         # Runners reuse one finalizer object per DoFn, emptied after each bundle's finalization.
         if self._staged_for is not finalizer or not finalizer.has_callbacks():
-            self._staged_for, self._staged = finalizer, {}
-            finalizer.register(functools.partial(self._commit_offsets_of, self._staged))
+            self._staged_for, self._staged, self._staged_marks = finalizer, {}, {}
+            finalizer.register(
+                functools.partial(self._commit_offsets_of, self._staged, self._staged_marks)
+            )
         self._staged[(topic, partition)] = offset
+        self._staged_marks[(topic, partition)] = mark
 
     def _commit(self, topic: str, partition: int, offset: int, *, rewind: bool = False) -> None:
         """Commit one partition's offset (``rewind``: below what was committed, after a log
         truncation)."""
-        self._commit_offsets_of({(topic, partition): offset}, rewind=rewind)
+        self._commit_offsets_of({(topic, partition): offset}, {}, rewind=rewind)
 
-    def _commit_offsets_of(self, offsets: dict[tuple[str, int], int], rewind: bool = False) -> None:
-        """Bundle finalizer: the bundle's output is durable, so its offsets may be committed.
+    def _commit_offsets_of(
+        self,
+        offsets: dict[tuple[str, int], int],
+        marks: Mapping[tuple[str, int], tuple[int, int, int]],
+        rewind: bool = False,
+    ) -> None:
+        """Bundle finalizer: the bundle's output is durable, so its offsets may be committed
+        (``marks``: the last record read below each, for the commit trail).
 
         Nothing is committed after a broker outage until the read restarts (``broker_outage``).
         """
@@ -566,6 +641,11 @@ class _ReadPartitionsFn(beam.DoFn):
         for (topic, partition), offset in due.items():
             self._committed[(topic, partition)] = offset
             progress.record_commit(topic, partition, offset)
+            key = self._reader.trail_key(topic, partition)
+            if rewind:
+                TRAIL.rewound(key, offset)
+            elif (topic, partition) in marks:
+                TRAIL.committed(key, offset, marks[(topic, partition)])
 
 
 class KafkaLogTruncatedError(RuntimeError):
@@ -655,6 +735,7 @@ class _ReadUnboundedPartitionsFn(_ReadPartitionsFn):
             progress.record_position(
                 plan.topic, plan.partition, plan.start_offset, plan.end_offset_at_launch
             )
+            TRAIL.started(self._reader.trail_key(plan.topic, plan.partition), plan.start_offset)
         return state.found(plans, now)
 
 

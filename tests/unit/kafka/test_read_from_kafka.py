@@ -38,6 +38,7 @@ from transforms.kafka.reader import (
     KafkaLogTruncatedError,
     ReadFromKafka,
     _PartitionConsumer,
+    _PlanPartitionsFn,
     _ReaderSettings,
     _ReadUnboundedPartitionsFn,
 )
@@ -704,6 +705,45 @@ def test_a_log_that_ends_below_the_position_rewinds_the_group_and_fails(cluster)
     with pytest.raises(KafkaLogTruncatedError, match="ends at offset 12"):
         _read_live(cluster, fn, 2, tracker.deferred_status()[0])
     assert cluster.committed == {("g", "events", 2): 12}
+    fn.teardown()
+
+
+def test_a_restarted_read_starts_below_commits_whose_records_the_broker_lost(cluster):
+    """The broker came back with the group's offset (20) but without records 18..19, and new
+    records took offsets 18 on: the restarted read starts at the last commit whose record is
+    still there (16), not at 20, which would skip the new records 18 and 19."""
+    fn = _read_fn(cluster)
+    for start, stop in ((0, 8), (8, 16), (16, 20)):
+        _, _, _, finalizer = _read_live(
+            cluster, fn, 0, PartitionOffsetRange(start, stop, "events", 0)
+        )
+        finalizer.finalize_bundle()
+    fn.teardown()
+    assert cluster.committed == {("g", "events", 0): 20}
+    log = cluster.topics["events"][0]
+    del log[18:]
+    log.extend(
+        FakeMessage("events", 0, offset, b"k0", b"new-%d" % offset, 2_000_000 + offset, None)
+        for offset in range(18, 30)
+    )
+    cluster.committed[("g", "events", 1)] = 5  # a partition this process never read
+
+    settings = _ReaderSettings(CONFIG, "g", cluster.factory(), timeout_s=5)
+    planner = _PlanPartitionsFn(
+        settings,
+        ("events",),
+        {"start": "committed", "start_fallback": "earliest", "stop": "unbounded"},
+    )
+    plans = {plan.partition: plan for plan in planner.process(None)}
+    assert plans[0].start_offset == 16 and plans[1].start_offset == 5
+    assert cluster.committed[("g", "events", 0)] == 16  # a crash now restarts there too
+
+    fn = _read_fn(cluster)
+    outputs, _, _, _ = _process(
+        fn, plans[0], PartitionOffsetRange(16, UNBOUNDED_OFFSET, "events", 0)
+    )
+    values = [record.value for batch in outputs for record in batch.value]
+    assert values == [b"v0-16", b"v0-17"] + [b"new-%d" % offset for offset in range(18, 30)]
     fn.teardown()
 
 

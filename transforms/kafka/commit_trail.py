@@ -1,0 +1,148 @@
+"""The commits a process made, kept to check that a restarted broker still holds what they passed.
+
+A broker that persists by snapshot (the local noida-db), or a cluster after an unclean leader
+election, can come back with the group's committed offsets but without the last records below
+them. New records then take the lost offsets, below the committed one, where a read restarted from
+the group's offsets never looks: a fresh-clone CI run lost 35 of 15,149 events this way. A real
+cluster's consumers catch part of this with leader epochs (KIP-320); a snapshot restored on one
+node keeps its epoch, so the reader checks the records themselves.
+
+Each successful commit remembers the last record read below it: its offset, timestamp and a
+digest of key and value (:class:`CommitPoint`). When a read restarts from the group's offsets in
+a process that committed before (the local supervisor restarts a failed run in this process;
+Dataflow and Flink retry bundles on the same worker), :meth:`CommitTrail.verified_start` looks
+those records up again. A lost suffix is the only damage considered: every remembered record
+below the loss still matches and none at or above it, so a binary search finds the last commit
+whose records the log still holds, and the read starts there. Duplicates, never gaps.
+
+The trail is bounded: the newest ``recent`` points are all kept, older ones are thinned out by
+halves, so it reaches back over the process's whole life in a few hundred points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable
+
+__all__ = ["TRAIL", "CommitPoint", "CommitTrail", "RecordLookup", "fingerprint"]
+
+_LOGGER = logging.getLogger(__name__)
+
+#: ``(bootstrap servers, group, topic, partition)``
+TrailKey = tuple[str, str, str, int]
+
+#: ``record offset -> (timestamp ms, digest)``; ``None`` when the log has no record there;
+#: ``GONE`` when retention removed it (older than any loss, so it counts as held).
+RecordLookup = Callable[[int], "tuple[int, int] | None | str"]
+GONE = "gone"
+
+
+def fingerprint(message) -> tuple[int, int, int]:
+    """``(offset, timestamp ms, digest)`` of a confluent-kafka message (hashes are per process,
+    and so is the trail)."""
+    return message.offset(), message.timestamp()[1], hash((message.key(), message.value()))
+
+
+@dataclasses.dataclass(frozen=True)
+class CommitPoint:
+    """A committed offset and the last record read below it."""
+
+    committed: int
+    record_offset: int
+    timestamp_ms: int
+    digest: int
+
+    def held_by(self, lookup: RecordLookup) -> bool:
+        found = lookup(self.record_offset)
+        return found == GONE or found == (self.timestamp_ms, self.digest)
+
+
+class CommitTrail:
+    """Per partition and group: where this process started reading, and its commit points."""
+
+    def __init__(self, recent: int = 256) -> None:
+        self._recent = recent
+        self._points: dict[TrailKey, list[CommitPoint]] = {}
+        self._origins: dict[TrailKey, int] = {}
+        self._lock = threading.Lock()  # finalizers and planning may run on different threads
+
+    def started(self, key: TrailKey, offset: int) -> None:
+        """The first read of ``key`` in this process starts at ``offset`` (later ones are not
+        origins: they restart from the group's offsets)."""
+        with self._lock:
+            self._origins.setdefault(key, offset)
+
+    def committed(self, key: TrailKey, committed: int, record: tuple[int, int, int]) -> None:
+        """``committed`` was committed, past ``record`` (a :func:`fingerprint`)."""
+        point = CommitPoint(committed, *record)
+        with self._lock:
+            points = self._points.setdefault(key, [])
+            while points and points[-1].committed >= committed:
+                points.pop()  # after a rewind, the points past it describe records now re-read
+            points.append(point)
+            if len(points) > 2 * self._recent:
+                points[:] = points[: -self._recent : 2] + points[-self._recent :]
+
+    def rewound(self, key: TrailKey, committed: int) -> None:
+        """The group's offset was moved back to ``committed``: points past it no longer hold."""
+        with self._lock:
+            points = self._points.get(key, [])
+            while points and points[-1].committed > committed:
+                points.pop()
+
+    def knows(self, key: TrailKey) -> bool:
+        with self._lock:
+            return bool(self._points.get(key))
+
+    def verified_start(self, key: TrailKey, committed: int, lookup: RecordLookup) -> int:
+        """Where a read restarted from ``committed`` must start so that no record is skipped.
+
+        ``committed`` itself, unless the log lost records this process had committed past:
+        then the last commit whose records the log still holds (or the origin, when it holds
+        none of them). Lookups are a binary search over the points: a few per partition.
+        """
+        with self._lock:
+            points = list(self._points.get(key, ()))
+            origin = self._origins.get(key)
+        if not points:
+            return committed
+        low, high = 0, len(points)  # the first point whose record the log no longer holds
+        while low < high:
+            middle = (low + high) // 2
+            if points[middle].held_by(lookup):
+                low = middle + 1
+            else:
+                high = middle
+        if low == len(points):
+            return committed  # every record this process committed past is still there
+        held_below = points[low - 1].committed if low else origin
+        if held_below is None or committed <= held_below:
+            return committed
+        topic, partition = key[2], key[3]
+        lost = points[low]
+        _LOGGER.warning(
+            "Kafka %s[%d]: the broker no longer holds record %d (read before the commit of "
+            "offset %d): it lost acknowledged records below the group's offset %d (an unclean "
+            "restart). Reading again from offset %d, %s",
+            topic,
+            partition,
+            lost.record_offset,
+            lost.committed,
+            committed,
+            held_below,
+            "the last commit whose records it still holds"
+            if low
+            else "where this process started (none of its commits' records is held)",
+        )
+        return held_below
+
+    def clear(self) -> None:
+        with self._lock:
+            self._points.clear()
+            self._origins.clear()
+
+
+#: The process's trail: the reader records into it and checks against it when it plans.
+TRAIL = CommitTrail()
