@@ -72,9 +72,15 @@ def _records_in(batch: list[int]) -> int:
 
 
 def start_scorer(
-    broker: PrivateBroker, topics: dict[str, str], model_root: str, log, group: str | None = None
+    broker: PrivateBroker,
+    topics: dict[str, str],
+    model_root: str,
+    log,
+    group: str | None = None,
+    *flags: str,
 ) -> subprocess.Popen:
-    """``score_events --streaming`` on the FnApiRunner, in its own session (stop it by group)."""
+    """``score_events --streaming`` on the FnApiRunner, in its own session (stop it by group);
+    ``flags`` are further options."""
     extra = ";".join(f"{k}={v}" for k, v in LOCAL_BROKER_SETTINGS.items())
     return subprocess.Popen(
         [
@@ -93,6 +99,7 @@ def start_scorer(
             f"--schemaPath={bundled_schema_path('creditcard')}",
             f"--modelPath={model_root}",
             "--progressSeconds=10",
+            *flags,
         ],
         cwd=REPO,
         stdout=log,

@@ -249,6 +249,18 @@ KAFKA_SOURCE: tuple[Option, ...] = (
         example="100000",
     ),
     Option(
+        "outageReplaySeconds",
+        "Replay after a broker outage",
+        "After a Kafka broker outage the read restarts from the last commit made this many "
+        "seconds before the outage was noticed: a broker that persists by snapshot (the local "
+        "stack's) can come back without outputs it had acknowledged. 0 on a cluster whose "
+        "acknowledged writes survive restarts (acks=all, replicated).",
+        type=int,
+        default=60,
+        regexes=(r"0|[1-9][0-9]{0,5}",),
+        example="60",
+    ),
+    Option(
         "progressSeconds",
         "Progress log interval",
         "Seconds between progress log lines (records consumed, written and dead-lettered, lag "

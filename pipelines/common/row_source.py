@@ -306,6 +306,7 @@ class RowSource:
                 stop="unbounded" if self.streaming else "end_at_launch",
                 topics_option="--inputTopic",  # a missing topic's error names the flag
                 max_unit_records=self.values["workUnitRecords"],
+                outage_replay_s=self.values["outageReplaySeconds"],
                 **(read_args if read_args is not None else _start(self.values)),
                 **options,
             )

@@ -43,7 +43,10 @@ _UNREACHABLE = frozenset(
 
 
 class KafkaBrokerOutageError(RuntimeError):
-    """The brokers were unreachable: the read must restart from the group's committed offsets."""
+    """The brokers were unreachable from ``began_at`` (epoch seconds): the read must restart from
+    the group's committed offsets."""
+
+    began_at = 0.0
 
 
 class OutageWatch:
@@ -52,9 +55,15 @@ class OutageWatch:
     ``on_error`` is the consumers' ``error_cb`` (librdkafka calls it from the consuming thread).
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._clock = clock
+        self._wall_clock = wall_clock
         self._since: float | None = None
+        self._since_wall = 0.0
         self._reason = ""
 
     @property
@@ -73,6 +82,7 @@ class OutageWatch:
     def _mark(self, reason: str) -> None:
         if self._since is None:
             self._since = self._clock()
+            self._since_wall = self._wall_clock()
             self._reason = reason
             _LOGGER.warning(
                 "Kafka broker outage: %s. Offset commits wait; the read restarts from the "
@@ -88,5 +98,6 @@ class OutageWatch:
             "restarted broker may have lost writes it had acknowledged, so the read restarts "
             "from the consumer group's committed offsets (commits were held during the outage)."
         )
+        error.began_at = self._since_wall
         self._since = None
         return error

@@ -8,12 +8,19 @@ cluster's consumers catch part of this with leader epochs (KIP-320); a snapshot 
 node keeps its epoch, so the reader checks the records themselves.
 
 Each successful commit remembers the last record read below it: its offset, timestamp and a
-digest of key and value (:class:`CommitPoint`). When a read restarts from the group's offsets in
-a process that committed before (the local supervisor restarts a failed run in this process;
-Dataflow and Flink retry bundles on the same worker), :meth:`CommitTrail.verified_start` looks
-those records up again. A lost suffix is the only damage considered: every remembered record
-below the loss still matches and none at or above it, so a binary search finds the last commit
-whose records the log still holds, and the read starts there. Duplicates, never gaps.
+digest of key and value (:class:`CommitPoint`), and when it was made. When a read restarts from
+the group's offsets in a process that committed before (the local supervisor restarts a failed
+run in this process; Dataflow and Flink retry bundles on the same worker),
+:meth:`CommitTrail.verified_start` looks those records up again. A lost suffix is the only
+damage considered: every remembered record below the loss still matches and none at or above it,
+so a binary search finds the last commit whose records the log still holds, and the read starts
+there. Duplicates, never gaps.
+
+The outputs are another matter: the same snapshot can lose predictions of inputs it kept, and
+keep a committed offset past them (seen in a CI run: the broker held the inputs 1026..1028 and
+the group's offset 1044, not their predictions). The reader cannot look outputs up, so after a
+broker outage (:meth:`CommitTrail.outage`) the restarted read also goes back to the last commit
+made ``replay_s`` before the outage was noticed: whatever was written since may be gone.
 
 The trail is bounded: the newest ``recent`` points are all kept, older ones are thinned out by
 halves, so it reaches back over the process's whole life in a few hundred points.
@@ -24,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 __all__ = ["TRAIL", "CommitPoint", "CommitTrail", "RecordLookup", "fingerprint"]
@@ -47,12 +55,13 @@ def fingerprint(message) -> tuple[int, int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class CommitPoint:
-    """A committed offset and the last record read below it."""
+    """A committed offset, the last record read below it and when (epoch seconds) it was made."""
 
     committed: int
     record_offset: int
     timestamp_ms: int
     digest: int
+    at: float
 
     def held_by(self, lookup: RecordLookup) -> bool:
         found = lookup(self.record_offset)
@@ -66,6 +75,7 @@ class CommitTrail:
         self._recent = recent
         self._points: dict[TrailKey, list[CommitPoint]] = {}
         self._origins: dict[TrailKey, int] = {}
+        self._outages: dict[TrailKey, float] = {}  # outages not yet acted on, per partition
         self._lock = threading.Lock()  # finalizers and planning may run on different threads
 
     def started(self, key: TrailKey, offset: int) -> None:
@@ -74,9 +84,15 @@ class CommitTrail:
         with self._lock:
             self._origins.setdefault(key, offset)
 
-    def committed(self, key: TrailKey, committed: int, record: tuple[int, int, int]) -> None:
-        """``committed`` was committed, past ``record`` (a :func:`fingerprint`)."""
-        point = CommitPoint(committed, *record)
+    def committed(
+        self,
+        key: TrailKey,
+        committed: int,
+        record: tuple[int, int, int],
+        at: float | None = None,
+    ) -> None:
+        """``committed`` was committed, past ``record`` (a :func:`fingerprint`), ``at`` now."""
+        point = CommitPoint(committed, *record, time.time() if at is None else at)
         with self._lock:
             points = self._points.setdefault(key, [])
             while points and points[-1].committed >= committed:
@@ -92,22 +108,57 @@ class CommitTrail:
             while points and points[-1].committed > committed:
                 points.pop()
 
+    def outage(self, servers: str, group: str, began_at: float) -> None:
+        """The brokers at ``servers`` were unreachable from ``began_at`` (epoch seconds): the next
+        restart of each of ``group``'s partitions goes back before it (``replay_s``)."""
+        with self._lock:
+            for key in self._points:
+                if key[:2] == (servers, group):
+                    self._outages[key] = min(began_at, self._outages.get(key, began_at))
+
     def knows(self, key: TrailKey) -> bool:
         with self._lock:
             return bool(self._points.get(key))
 
-    def verified_start(self, key: TrailKey, committed: int, lookup: RecordLookup) -> int:
-        """Where a read restarted from ``committed`` must start so that no record is skipped.
+    def verified_start(
+        self, key: TrailKey, committed: int, lookup: RecordLookup, replay_s: float = 0.0
+    ) -> int:
+        """Where a read restarted from ``committed`` must start so that nothing is skipped.
 
         ``committed`` itself, unless the log lost records this process had committed past:
         then the last commit whose records the log still holds (or the origin, when it holds
-        none of them). Lookups are a binary search over the points: a few per partition.
+        none of them). Lookups are a binary search over the points: a few per partition. After
+        an outage, also no later than the last commit made ``replay_s`` before it (once).
         """
         with self._lock:
             points = list(self._points.get(key, ()))
             origin = self._origins.get(key)
+            outage_at = self._outages.pop(key, None)
         if not points:
             return committed
+        start = self._held_start(key, committed, points, origin, lookup)
+        if outage_at is None or replay_s <= 0:
+            return start
+        before = [point.committed for point in points if point.at <= outage_at - replay_s]
+        replay_from = before[-1] if before else origin
+        if replay_from is None or replay_from >= start:
+            return start
+        _LOGGER.warning(
+            "Kafka %s[%d]: after a broker outage, reading again from offset %d (%s %g s before "
+            "the outage was noticed): a restarted broker may have lost outputs it had "
+            "acknowledged while keeping the group's offset %d",
+            key[2],
+            key[3],
+            replay_from,
+            "the last commit made" if before else "where this process started, less than",
+            replay_s,
+            committed,
+        )
+        return replay_from
+
+    @staticmethod
+    def _held_start(key, committed, points, origin, lookup: RecordLookup) -> int:
+        """``committed``, or lower where the log lost records this process had committed past."""
         low, high = 0, len(points)  # the first point whose record the log no longer holds
         while low < high:
             middle = (low + high) // 2
@@ -142,6 +193,7 @@ class CommitTrail:
         with self._lock:
             self._points.clear()
             self._origins.clear()
+            self._outages.clear()
 
 
 #: The process's trail: the reader records into it and checks against it when it plans.

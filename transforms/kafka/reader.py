@@ -308,7 +308,10 @@ class _PlanPartitionsFn(beam.DoFn):
         probe = self._reader.new_consumer()
         try:
             start = TRAIL.verified_start(
-                key, committed.offset, functools.partial(_record_at, probe, tp, timeout)
+                key,
+                committed.offset,
+                functools.partial(_record_at, probe, tp, timeout),
+                self._reader.outage_replay_s,
             )
             if start == committed.offset:
                 return plan
@@ -350,11 +353,13 @@ class _ReaderSettings:
         group_id: str | None,
         consumer_factory: ConsumerFactory | None,
         timeout_s: float,
+        outage_replay_s: float = 0.0,
     ) -> None:
         self.config = config
         self.group_id = group_id
         self.consumer_factory = consumer_factory
         self.timeout_s = timeout_s
+        self.outage_replay_s = outage_replay_s
 
     def new_consumer(self, error_cb: Callable[[KafkaError], None] | None = None):
         settings = self.config.consumer_dict()
@@ -367,7 +372,15 @@ class _ReaderSettings:
 
     def trail_key(self, topic: str, partition: int) -> tuple[str, str, str, int]:
         """The partition's key in :data:`~transforms.kafka.commit_trail.TRAIL`."""
-        return (self.config.bootstrap_servers, self.group_id or _NO_GROUP, topic, partition)
+        return (self.config.bootstrap_servers, self.group, topic, partition)
+
+    @property
+    def group(self) -> str:
+        return self.group_id or _NO_GROUP
+
+    def outage(self, began_at: float) -> None:
+        """The brokers were unreachable from ``began_at``: restarted reads replay before it."""
+        TRAIL.outage(self.config.bootstrap_servers, self.group, began_at)
 
 
 class _ReadPartitionsFn(beam.DoFn):
@@ -474,7 +487,9 @@ class _ReadPartitionsFn(beam.DoFn):
             wait_s = 0.0 if emitted and self._drain else self._poll_timeout_s
             messages = reader.poll(self._batch_size, wait_s, drain=self._drain)
             if self._outage.seen and (messages or reader.broker_answers()):
-                raise self._outage.error()  # unemitted messages are re-read after the restart
+                error = self._outage.error()  # unemitted messages are re-read after the restart
+                self._reader.outage(error.began_at)
+                raise error
             if not messages:
                 self._check_truncation(plan, reader, next_offset)
                 if self._caught_up(plan, reader, next_offset, stop, watermark):
@@ -781,6 +796,12 @@ class ReadFromKafka(beam.PTransform):
             garbage collections (:func:`transforms.kafka.heap.settle_heap`, ``gc.freeze``): they
             traverse Beam's whole heap and came with every ~150k records. Process-wide; turn it
             off if your code manages ``gc.freeze`` itself.
+        outage_replay_s: after a broker outage, a read restarted in the same process goes back
+            to the last commit it made this long before the outage was noticed: a broker that
+            persists by snapshot (the local noida-db) can come back without outputs it had
+            acknowledged while keeping the group's offsets past them. 0 on a cluster whose
+            acknowledged writes survive restarts (``acks=all``, replicated, no unclean leader
+            election) saves re-reading that much after an outage.
 
     Returns:
         PCollection[KafkaRecord] (``.batched()``: PCollection[Batch], lists of records); unbounded
@@ -810,6 +831,7 @@ class ReadFromKafka(beam.PTransform):
         topics_option: str | None = None,
         consumer_factory: ConsumerFactory | None = None,
         settle_heap: bool = True,
+        outage_replay_s: float = 60.0,
     ) -> None:
         super().__init__()
         self._topics = (topics,) if isinstance(topics, str) else tuple(topics)
@@ -826,6 +848,8 @@ class ReadFromKafka(beam.PTransform):
             raise ValueError(f"partition_discovery_s must be > 0 or None: {partition_discovery_s}")
         if max_unit_records < 1:
             raise ValueError(f"max_unit_records must be >= 1, got {max_unit_records}")
+        if not outage_replay_s >= 0:
+            raise ValueError(f"outage_replay_s must be >= 0, got {outage_replay_s}")
         self._work_units = work_units
         self._max_unit_records = max_unit_records
         self._bounded = stop != "unbounded" or max_records is not None
@@ -837,7 +861,9 @@ class ReadFromKafka(beam.PTransform):
             "max_records": max_records,
             "stop_timestamp_ms": stop_timestamp_ms,
         }
-        self._reader = _ReaderSettings(config, group_id, consumer_factory, timeout_s)
+        self._reader = _ReaderSettings(
+            config, group_id, consumer_factory, timeout_s, outage_replay_s
+        )
         self._watch_start = None  # where partitions found while running start; None: no watch
         if not self._bounded and partition_discovery_s is not None:
             self._watch_start = "committed" if start == "committed" else "earliest"

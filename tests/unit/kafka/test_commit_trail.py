@@ -24,11 +24,14 @@ def _log(length: int, *, lost_from: int | None = None, generation: int = 1):
 
 
 def _trail(commits: list[int], origin: int = 0, **kwargs) -> CommitTrail:
+    """Commits of records of the intact log, one a second from t=100."""
     trail = CommitTrail(**kwargs)
     trail.started(KEY, origin)
-    for committed in commits:
+    for second, committed in enumerate(commits):
         record = committed - 1
-        trail.committed(KEY, committed, (record, record * 10, hash(("original", record))))
+        trail.committed(
+            KEY, committed, (record, record * 10, hash(("original", record))), at=100.0 + second
+        )
     return trail
 
 
@@ -107,3 +110,34 @@ def test_the_trail_stays_bounded_and_reaches_back_to_old_commits(commits):
     assert trail.verified_start(KEY, commits, _log(commits + 5, lost_from=commits - 300)) <= (
         commits - 300
     )
+
+
+def test_after_an_outage_the_restart_goes_back_to_a_commit_made_replay_s_before_it():
+    """The broker may have lost outputs it had acknowledged while keeping the inputs and the
+    group's offset: every record whose output was written shortly before the outage is read
+    again, once."""
+    trail = _trail([8, 16, 20, 24])  # committed at t=100, 101, 102, 103
+    trail.outage("fake:9092", "g", began_at=104.5)
+    assert trail.verified_start(KEY, 24, _log(40), replay_s=3.0) == 16  # the commit at t=101
+    assert trail.verified_start(KEY, 24, _log(40), replay_s=3.0) == 24  # acted on already
+
+
+def test_an_outage_before_every_commit_goes_back_to_the_origin_and_replay_0_not_at_all():
+    trail = _trail([8, 16], origin=3)
+    trail.outage("fake:9092", "g", began_at=101.5)
+    assert trail.verified_start(KEY, 16, _log(40), replay_s=0.0) == 16
+    trail.outage("fake:9092", "g", began_at=101.5)
+    assert trail.verified_start(KEY, 16, _log(40), replay_s=60.0) == 3
+
+
+def test_an_outage_of_another_group_or_cluster_changes_nothing():
+    trail = _trail([8, 16])
+    trail.outage("fake:9092", "other-group", began_at=200.0)
+    trail.outage("elsewhere:9092", "g", began_at=200.0)
+    assert trail.verified_start(KEY, 16, _log(40), replay_s=60.0) == 16
+
+
+def test_the_replay_never_moves_a_start_up_past_lost_records():
+    trail = _trail([8, 16, 20, 24])
+    trail.outage("fake:9092", "g", began_at=104.0)
+    assert trail.verified_start(KEY, 24, _log(40, lost_from=10), replay_s=1.0) == 8
