@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines.common import dofn_specs
 from pipelines.common.model_source import ModelChoice, model_from_options
 from pipelines.common.options import GCP_ENDPOINTS, KAFKA_SOURCE, Option, OptionError, validate
 from transforms.decoding.decode import MESSAGE_FORMATS, DecodeAndValidate
@@ -249,8 +250,10 @@ class RowSource:
         """Validate every option, resolve endpoints and load the schema; raise OptionError early.
 
         Also points this process's ``gs://`` filesystem at a storage emulator when one is set, so
-        ``--schemaPath gs://…`` works locally.
+        ``--schemaPath gs://…`` works locally, and memoizes Beam's DoFn introspection
+        (:mod:`pipelines.common.dofn_specs`).
         """
+        dofn_specs.install()
         values = validate(options, declarations)
         streaming = bool(options.view_as(StandardOptions).streaming)
         read_args = _start(values)
