@@ -13,7 +13,12 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from tiny_anomaly_model import CREDITCARD_FEATURES, expected_score, write_model
 
-from transforms.inference.model_handler import FeatureError, SavedModelHandler, Score
+from transforms.inference.model_handler import (
+    FeatureError,
+    SavedModelHandler,
+    Score,
+    feature_matrix,
+)
 from transforms.inference.model_store import (
     ModelInfo,
     ModelStoreError,
@@ -98,6 +103,20 @@ def test_bad_rows_get_a_feature_error_and_the_rest_are_scored(live_v1) -> None:
     assert "score nan" in str(results[4].inference)  # null → NaN, which this model cannot score
     for index, row in ((0, good[0]), (3, good[1])):
         assert results[index].inference.score == pytest.approx(expected_score(row), rel=1e-6)
+
+
+def test_feature_matrix_converts_like_numpy_and_refuses_what_is_not_a_number() -> None:
+    rows = [{"a": 1, "b": 2.5, "c": "x"}, {"a": None, "b": True, "c": "y"}, {"a": "1.5", "b": 0}]
+    matrix = feature_matrix(rows, ["a", "b"])
+    assert matrix.dtype == np.float32 and matrix.shape == (3, 2)
+    np.testing.assert_array_equal(matrix, np.array([[1, 2.5], [np.nan, 1], [1.5, 0]], np.float32))
+    np.testing.assert_array_equal(feature_matrix(rows, ["b"]), [[2.5], [1], [0]])
+    assert feature_matrix([], ["a", "b"]).shape == (0, 2)
+    with pytest.raises(KeyError):
+        feature_matrix([{"a": 1}], ["a", "b"])
+    for bad in ("x", [1, 2], {"k": 1}):
+        with pytest.raises((TypeError, ValueError)):
+            feature_matrix([{"a": 1, "b": bad}], ["a", "b"])
 
 
 def test_run_inference_keyed_in_a_pipeline(model_root: str) -> None:
