@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import uuid
 from pathlib import Path
+
+from ports import free_port
 
 from transforms.decoding.schema import bundled_schema_path
 from transforms.kafka.config import LOCAL_BROKER_SETTINGS
@@ -25,17 +26,11 @@ REPO = Path(__file__).resolve().parents[1]
 STACK = REPO / "scripts" / "stack.sh"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class PrivateBroker:
     """``scripts/stack.sh`` with a state directory and a port of its own."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.state_dir = state_dir
         self.env = {

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import uuid
 
 import pytest
 from confluent_kafka import Producer
+from ports import free_port
 from processes import stop_process_group
 from prometheus_client.parser import text_string_to_metric_families
 from tiny_anomaly_model import CREDITCARD_FEATURES, write_model
@@ -32,12 +32,6 @@ pytestmark = pytest.mark.integration
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT_S = 120
 EVENTS, ANOMALIES, BAD = 60, 7, 5
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _scrape(port: int) -> dict[str, float] | None:
@@ -71,7 +65,7 @@ def test_metrics_answer_during_a_streaming_run_and_match_the_outputs(
         name: topic_factory(3 if name == "in" else 1) for name in ("in", "out", "alerts", "dead")
     }
     write_model(str(tmp_path / "models"), 1, threshold=1.0)
-    port = _free_port()
+    port = free_port()
     extra = ";".join(f"{k}={v}" for k, v in LOCAL_BROKER_SETTINGS.items())
     log_path = tmp_path / "score_events.log"
     with open(log_path, "wb") as log:

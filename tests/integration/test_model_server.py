@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka_topics import read_topic
+from ports import free_port
 from tiny_anomaly_model import CREDITCARD_FEATURES, write_model
 
 from transforms.decoding.schema import bundled_schema_path
@@ -157,12 +157,6 @@ def test_each_protocol_of_the_real_server_answers_like_the_embedded_model(
     assert [got.is_anomaly[i] for i in scored] == [expected.is_anomaly[i] for i in scored]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def private_model_server(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:
     """A model server of our own (its own state dir and port): the test restarts it."""
@@ -170,7 +164,7 @@ def private_model_server(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]
         **os.environ,
         "KBML_PYTHON": sys.executable,
         "KBML_STACK_DIR": str(tmp_path / "stack"),
-        "KBML_MODEL_SERVER_PORT": str(_free_port()),
+        "KBML_MODEL_SERVER_PORT": str(free_port()),
     }
     url = f"http://127.0.0.1:{env['KBML_MODEL_SERVER_PORT']}"
     stack = ["bash", str(REPO / "scripts" / "stack.sh")]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import subprocess
 import time
 import uuid
@@ -15,6 +14,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
+from ports import free_port
 
 from transforms.kafka import writer
 from transforms.kafka.config import KafkaConfig
@@ -82,12 +82,6 @@ def _java_partition(key: bytes, partitions: int) -> int:
     return (h & 0x7FFFFFFF) % partitions
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # ---- tests -----------------------------------------------------------------------------------
 def test_keys_values_headers_round_trip_with_java_compatible_placement(
     kafka_config, kafka_bootstrap, topic_factory
@@ -144,7 +138,7 @@ def test_keys_values_headers_round_trip_with_java_compatible_placement(
 
 
 def test_unreachable_broker_fails_the_pipeline_quickly_with_a_clear_error():
-    port = _free_port()  # closed again: nothing listens there
+    port = free_port()  # closed again: nothing listens there
     config = KafkaConfig(f"127.0.0.1:{port}", extra={"message.timeout.ms": "1500"})
     started = time.monotonic()
     with pytest.raises(

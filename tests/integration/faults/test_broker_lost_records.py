@@ -14,7 +14,6 @@ holds.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 import uuid
@@ -28,6 +27,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka_topics import read_event_ids
 from private_broker import PrivateBroker, start_scorer
+from processes import stop_process_group
 from tiny_anomaly_model import creditcard_event, write_model
 
 pytestmark = pytest.mark.integration
@@ -68,13 +68,7 @@ class Scene:
                 yield
                 assert self.scorer.poll() is None, "the scorer must keep running"
             finally:
-                if self.scorer.poll() is None:
-                    os.killpg(self.scorer.pid, signal.SIGTERM)
-                    try:
-                        self.scorer.wait(20)
-                    except subprocess.TimeoutExpired:
-                        os.killpg(self.scorer.pid, signal.SIGKILL)
-                        self.scorer.wait(10)
+                stop_process_group(self.scorer)
 
     def produce(self, ids: list[str], partition: int | None = None) -> None:
         producer = Producer({"bootstrap.servers": self.broker.bootstrap, "linger.ms": "5"})

@@ -14,8 +14,6 @@ broker's return, and every input record the broker holds afterwards must have a 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -27,6 +25,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka_topics import read_event_ids
 from private_broker import PrivateBroker, start_scorer
+from processes import stop_process_group
 from tiny_anomaly_model import creditcard_event, write_model
 
 pytestmark = pytest.mark.integration
@@ -128,13 +127,7 @@ def test_the_scorer_resumes_after_a_broker_restart_and_loses_nothing(
         finally:
             if feed is not None and feed._thread.is_alive():
                 feed.stop()
-            if scorer.poll() is None:
-                os.killpg(scorer.pid, signal.SIGTERM)
-                try:
-                    scorer.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(scorer.pid, signal.SIGKILL)
-                    scorer.wait(10)
+            stop_process_group(scorer)
     text = log_path.read_text(errors="replace")
     # The outage itself makes the reader restart the run from the committed offsets (the
     # broker may have lost outputs it had acknowledged: transforms/kafka/broker_outage.py).

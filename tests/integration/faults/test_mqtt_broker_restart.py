@@ -11,7 +11,6 @@ resends what was unacknowledged; every event must end in Kafka (duplicates allow
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 from kafka_topics import read_topic
 from mqtt_bridge import Bridge, bridge_args, connect_publisher, event, event_ids, publish
+from ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -30,17 +30,11 @@ TOTAL = 4000
 DRAIN_TIMEOUT_S = 90
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class _PrivateMqtt:
     """A Mosquitto of this test only, driven through ``scripts/stack.sh``."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.env = {
             **os.environ,
             "KBML_PYTHON": sys.executable,
