@@ -99,6 +99,7 @@ class FakeCluster:
         self.commit_calls: list[tuple[str, str, int, int]] = []
         self.commit_requests = 0
         self.reachable = True
+        self.asked: list[int] = []  # num_messages of each consume() call
         self.open_consumers = 0
         self.error_callbacks: list = []
         _CLUSTERS[name] = self
@@ -169,6 +170,7 @@ class FakeConsumer:
         self._position = tp.offset
 
     def consume(self, num_messages, timeout):
+        self._cluster.asked.append(num_messages)
         if not self._cluster.reachable:
             return []
         topic, partition = self._assigned
@@ -562,6 +564,18 @@ def test_unbounded_read_checkpoints_advances_idle_watermark_and_commits_on_final
     assert tracker.deferred_status()[0].start == 25
     finalizer.finalize_bundle()
     assert cluster.committed == {("g", "events", 0): 25}
+    fn.teardown()
+
+
+def test_a_bounded_read_asks_for_no_more_than_its_range_holds(cluster):
+    """librdkafka's batch consume waits its whole timeout for a full batch: the last poll of
+    a range asks for what is left, so it returns as soon as that has arrived."""
+    fn = _read_fn(cluster)
+    plan = PartitionPlan("events", 0, 3, 13, end_offset_at_launch=20)
+    cluster.asked.clear()
+    outputs, _, _, _ = _process(fn, plan, PartitionOffsetRange(3, 13, "events", 0))
+    assert _offsets(outputs) == list(range(3, 13))
+    assert cluster.asked == [8, 2]  # batch_size=8, then the 2 left
     fn.teardown()
 
 
