@@ -53,7 +53,13 @@ from pipelines.common.row_source import ROW_SOURCE, DecodedRows, RowSource, grou
 from pipelines.common.supervisor import run_pipeline
 from pipelines.common.watchdog import watchdog_from_options
 from transforms.dead_letter import DeadLetter
-from transforms.inference.scoring import Prediction, PredictionJson, ScoreEvents, ScoringResult
+from transforms.inference.scoring import (
+    PREDICTION_KEY,
+    Prediction,
+    PredictionJson,
+    ScoreEvents,
+    ScoringResult,
+)
 from transforms.kafka.config import redact_option_values
 from transforms.kafka.limits import TopicRecordLimit
 from transforms.kafka.writer import WriteToKafka
@@ -121,7 +127,7 @@ _STREAM_BUNDLE_S = 0.1
 #: locally, for Beam's state sampler), which at the reader's 0.5 s default cost ~10 % of the run.
 _BATCH_BUNDLE_S = 5.0
 
-#: Outputs (predictions, alerts, dead letters) keep the input event's Kafka key.
+#: Dead letters keep the input event's Kafka key (predictions and alerts too: PREDICTION_KEY).
 _KEY = operator.attrgetter("key")
 
 
@@ -168,7 +174,9 @@ def build_pipeline(
     # per-element cost between steps was most of the scorer's time. --filter works row by row,
     # so it reads unbatched.
     batched = source.row_filter is None
-    decoded = source.read_and_decode(p, with_records=True, batched=batched, **reader_options)
+    decoded = source.read_and_decode(
+        p, with_records=True, batched=batched, columnar=batched, **reader_options
+    )
     # A stream bounds the wait for a batch (latency); a batch job fills batches (throughput).
     scorer = ScoreEvents(
         model_handler or model.handler,
@@ -190,7 +198,7 @@ def build_pipeline(
         if topic:
             encode = EncodeWithinLimit(
                 TopicRecordLimit(config, topic),
-                key_fn=_KEY,
+                key_fn=PREDICTION_KEY,
                 value_fn=prediction_json,
                 covered_above=covered,
             )

@@ -24,7 +24,8 @@ class Batch(list):
 class BatchCoder(coders.Coder):
     """Pickles batches; estimates a batch's size as its first item's times its length.
 
-    The first item of a batch of batches is estimated the same way, not pickled whole.
+    The first item of a batch of batches is estimated the same way, not pickled whole; a batch
+    with an ``estimate_bytes()`` method (``ColumnarPairs``) gives its own.
     """
 
     def encode(self, value: Batch) -> bytes:
@@ -34,10 +35,13 @@ class BatchCoder(coders.Coder):
         return Batch(pickle.loads(encoded))  # noqa: S301 - bytes this coder wrote
 
     def estimate_size(self, value: Batch) -> int:
+        own = getattr(value, "estimate_bytes", None)  # a batch that knows (ColumnarPairs)
+        if own is not None:
+            return own()
         if not value:
             return 0
         first = value[0]
-        if type(first) is Batch:  # a batch of batches (chunks of one model call)
+        if type(first) is Batch or hasattr(first, "estimate_bytes"):  # chunks of a model call
             return self.estimate_size(first) * len(value)
         return len(pickle.dumps(first, pickle.HIGHEST_PROTOCOL)) * len(value)
 

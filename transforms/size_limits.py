@@ -236,6 +236,14 @@ def _size(key: bytes | None, value: bytes | None) -> int:
     return (len(key) if key else 0) + (len(value) if value else 0)
 
 
+def _batch_of(fn: Callable[[Any], Any], batch: Any) -> list[Any]:
+    """``fn`` of every item, from the batch's columns when ``fn`` can read them (an
+    ``on_batch(batch)`` method answering a list rather than None: ``PredictionJson``)."""
+    on_batch = getattr(fn, "on_batch", None)
+    results = on_batch(batch) if on_batch is not None else None
+    return list(map(fn, batch)) if results is None else results
+
+
 class _EncodeFn(beam.DoFn):
     def __init__(
         self,
@@ -268,8 +276,8 @@ class _EncodeFn(beam.DoFn):
             else:
                 yield from self._reject(element, key, value, size)
             return
-        keys = list(map(self._key_fn, element))
-        values = list(map(self._value_fn, element))
+        keys = _batch_of(self._key_fn, element)
+        values = _batch_of(self._value_fn, element)
         if not values:
             return
         longest_key = max((len(k) for k in keys if k), default=0)

@@ -332,12 +332,15 @@ class RowSource:
         *,
         with_records: bool = False,
         batched: bool = False,
+        columnar: bool = False,
         **reader_options: Any,
     ) -> DecodedRows:
         """Kafka → DecodeAndValidate → ``--filter``; ``with_records`` keeps
         ``(KafkaRecord, row)`` pairs; ``batched`` makes ``rows`` lists, one per polled batch
         that kept any row (no per-element Beam cost; not for rows scored for ``ANOMALY()``,
-        which are scored and filtered row by row)."""
+        which are scored and filtered row by row). ``columnar`` (batched pairs, no
+        ``--filter``): a batch that decodes whole is a
+        :class:`~transforms.decoding.columnar.ColumnarPairs`, for steps reading a few columns."""
         if self.model is not None:
             if batched:
                 raise ValueError("rows scored for ANOMALY() are read unbatched")
@@ -346,6 +349,8 @@ class RowSource:
         decoder = self.decoder().with_records() if with_records else self.decoder()
         if batched:
             reader, decoder = reader.batched(), decoder.batched()
+            if columnar and with_records and self.row_filter is None:
+                decoder = decoder.columnar()
         decoded = p | "ReadFromKafka" >> reader | "DecodeAndValidate" >> decoder
         if self.row_filter is None:
             return DecodedRows(decoded.rows, decoded.dead_letters)

@@ -19,6 +19,8 @@ Usage::
 
     # lists in, lists out (ReadFromKafka(...).batched()): one Batch of rows per polled list
     batches = polled | DecodeAndValidate(schema).with_records().batched()
+    # the same pairs kept column-wise (the scorer reads its features without a dict per row)
+    columns = polled | DecodeAndValidate(schema).columnar()
 
 JSON takes a fast path (:meth:`RowValidator.decode_json_fast`, parsing and checking in one pass)
 and falls back to the exact one (``json`` + :meth:`RowValidator.validate`) whenever it cannot
@@ -30,7 +32,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -41,6 +43,7 @@ from apache_beam.utils import windowed_value
 from transforms.batch import Batch
 from transforms.dead_letter import DEAD_LETTER_TAG, DeadLetter
 from transforms.decoding.avro import AvroDecoder, ConfluentAvroDecoder
+from transforms.decoding.columnar import ColumnarPairs
 from transforms.decoding.rejection import Reason, Rejected
 from transforms.decoding.row_validation import UNKNOWN_FIELD_POLICIES, RowValidator
 from transforms.decoding.schema import RowSchema
@@ -113,6 +116,7 @@ class _DecodeFn(beam.DoFn):
         unknown_fields: str,
         max_message_bytes: int,
         with_records: bool,
+        columnar: bool = False,
     ) -> None:
         self._schema = schema
         self._format = message_format
@@ -122,6 +126,7 @@ class _DecodeFn(beam.DoFn):
         self._unknown_fields = unknown_fields
         self._max_bytes = max_message_bytes
         self._with_records = with_records
+        self._columnar = columnar
         self._decode: Callable[[bytes], Mapping[str, Any]] | None = None
         self._validator: RowValidator | None = None
         self._counters: _Counters | None = None
@@ -196,9 +201,12 @@ class _DecodeBatchFn(_DecodeFn):
         decoded = self._decode_all(records)
         if decoded is not None:
             self._counters.rows.inc(len(decoded))
-            yield (
-                Batch(zip(records, decoded, strict=True)) if self._with_records else Batch(decoded)
-            )
+            if self._columnar:
+                yield ColumnarPairs(records, decoded)
+            elif self._with_records:
+                yield Batch(zip(records, decoded, strict=True))
+            else:
+                yield Batch(decoded)
             return
         rows = Batch()
         for record in records:
@@ -212,14 +220,17 @@ class _DecodeBatchFn(_DecodeFn):
             self._counters.rows.inc(len(rows))
             yield rows
 
-    def _decode_all(self, records: list[KafkaRecord]) -> list | None:
-        """Every record's row when the whole batch is JSON the fast path takes, else None (each
-        record is then decoded on its own, a bad one becoming its dead letter)."""
+    def _decode_all(self, records: list[KafkaRecord]) -> Sequence[Any] | None:
+        """Every record's row (a :class:`StructRows` if columnar) when the whole batch is JSON
+        the fast path takes, else None (each record is then decoded on its own, a bad one
+        becoming its dead letter)."""
         if not (self._fast_json and records):
             return None
         payloads = [record.value for record in records]
         if None in payloads or max(map(len, payloads)) > self._max_bytes:
             return None
+        if self._columnar:
+            return self._validator.decode_json_columns(payloads)
         return self._validator.decode_json_fast_all(payloads)
 
 
@@ -286,6 +297,7 @@ class DecodeAndValidate(beam.PTransform):
         )
         self._with_records = False
         self._batched = False
+        self._columnar = False
 
     def with_records(self) -> DecodeAndValidate:
         """The same transform whose ``rows`` are ``(KafkaRecord, row)`` pairs."""
@@ -303,9 +315,24 @@ class DecodeAndValidate(beam.PTransform):
         clone._batched = True
         return clone
 
+    def columnar(self) -> DecodeAndValidate:
+        """``with_records().batched()`` whose JSON batches stay column-wise: a batch the fast
+        path decodes whole is a :class:`~transforms.decoding.columnar.ColumnarPairs` (the
+        same pairs, no row dict built until one is asked for); others are lists of pairs.
+
+        For steps that read a few columns of each batch (``ScoreEvents(...).batched()``).
+        """
+        clone = self.with_records().batched()
+        clone._columnar = True
+        return clone
+
     def expand(self, records: beam.PCollection) -> DecodeResult:
         if self._batched:
-            decode = beam.ParDo(_DecodeBatchFn(*self._fn_args, with_records=self._with_records))
+            decode = beam.ParDo(
+                _DecodeBatchFn(
+                    *self._fn_args, with_records=self._with_records, columnar=self._columnar
+                )
+            )
             decode = decode.with_output_types(Batch)  # the dead letters stay Any
         else:
             decode = beam.ParDo(_DecodeFn(*self._fn_args, with_records=self._with_records))

@@ -39,6 +39,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
 
+from transforms.decoding.columnar import StructRows
 from transforms.inference.model_store import (
     MODEL_INFO_FILE,
     SAVED_MODEL_FILE,
@@ -393,8 +394,11 @@ def feature_matrix(batch: Sequence[Row], features: Sequence[str]) -> np.ndarray:
     30-feature row; a list of row tuples through ``np.array`` cost ~1.3 µs).
 
     A null value becomes NaN, the contract's marker of a missing NULLABLE feature. Raises
-    KeyError for a missing feature, TypeError/ValueError for a non-numeric one.
+    KeyError for a missing feature, TypeError/ValueError for a non-numeric one. Rows held
+    column-wise (:class:`~transforms.decoding.columnar.StructRows`) build it from their columns.
     """
+    if type(batch) is StructRows:
+        return batch.matrix(features)
     getter = operator.itemgetter(*features)
     values = map(getter, batch)
     if len(features) > 1:

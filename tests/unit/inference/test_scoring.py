@@ -10,6 +10,7 @@ import random
 import apache_beam as beam
 import pytest
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from apache_beam.pvalue import TaggedOutput
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
@@ -19,11 +20,16 @@ from tiny_anomaly_model import CREDITCARD_FEATURES, expected_score, write_model
 from pipelines.common.options import OptionError, parse_and_validate
 from pipelines.score_events import OPTIONS, ScoreEventsOptions, build_pipeline
 from transforms.batch import Batch, BatchCoder
-from transforms.decoding.schema import bundled_schema_path
+from transforms.decoding.columnar import ColumnarPairs
+from transforms.decoding.decode import DecodeAndValidate
+from transforms.decoding.row_validation import RowValidator
+from transforms.decoding.schema import bundled_schema, bundled_schema_path
 from transforms.inference.model_handler import SavedModelHandler, Score, Verdicts
 from transforms.inference.scoring import (
     METRICS_NAMESPACE,
+    PREDICTION_KEY,
     Prediction,
+    PredictionBatch,
     PredictionJson,
     ScoredBatch,
     ScoredBatchCoder,
@@ -33,6 +39,7 @@ from transforms.inference.scoring import (
     _MillisText,
 )
 from transforms.kafka.record import KafkaRecord
+from transforms.size_limits import FixedSizeLimit, _EncodeFn
 
 SCORED_AT = 1_795_000_000.0  # 2026-11-18T11:06:40Z: a fixed scoring clock
 THRESHOLD = 1.5
@@ -274,6 +281,48 @@ def test_batches_stay_within_a_bundle_and_respect_size_and_wait() -> None:
     ]
 
 
+def _columns(events: list[tuple[KafkaRecord, dict]]) -> ColumnarPairs:
+    validator = RowValidator(bundled_schema("creditcard"))
+    rows = validator.decode_json_columns([record.value for record, _ in events])
+    return ColumnarPairs([record for record, _ in events], rows)
+
+
+def test_column_wise_batches_stay_column_wise_unless_mixed_with_lists() -> None:
+    events = [_event(i, 0.1 * i) for i in range(7)]
+    fn = _BatchWithinBundleFn(4, None, batched_input=True)
+    chunks = _batches(fn, [_columns(events[:3]), _columns(events[3:])])
+    assert [type(c).__name__ for c in chunks] == ["ColumnarPairs", "ColumnarPairs"]
+    assert [c.rows.column("event_id") for c in chunks] == [
+        [f"ev-{i}" for i in range(4)],
+        [f"ev-{i}" for i in range(4, 7)],
+    ]
+    mixed = _batches(fn, [_columns(events[:2]), Batch(events[2:3])])  # a list: a dead letter
+    assert [type(c).__name__ for c in mixed] == ["Batch"]
+    assert [(record.offset, row["event_id"]) for record, row in mixed[0]] == [
+        (i, f"ev-{i}") for i in range(3)
+    ]
+
+
+def test_column_wise_decoded_batches_score_like_lists_of_pairs(model_root: str) -> None:
+    events = [_event(i, 0.5 * i) for i in range(7)]
+    records = [record for record, _ in events]
+    expected = [_expected(r, row) for r, row in events]
+    scorer = ScoreEvents(SavedModelHandler(model_root), clock=_fixed_clock, max_batch_size=4)
+    with TestPipeline() as p:
+        decoded = (
+            p
+            | beam.Create([records[:3], records[3:]])
+            | DecodeAndValidate(bundled_schema("creditcard")).columnar()
+        )
+        scored = decoded.rows | scorer.batched()
+        kinds = scored.predictions | "Kinds" >> beam.Map(lambda b: type(b).__name__)
+        assert_that(kinds | beam.Distinct(), equal_to(["PredictionBatch"]), label="columns")
+        flat = scored.predictions | "Flatten" >> beam.FlatMap(list)
+        assert_that(flat, equal_to(expected), label="predictions")
+        alerts = scored.alerts | "FlatAlerts" >> beam.FlatMap(list)
+        assert_that(alerts, equal_to([e for e in expected if e.is_anomaly]), label="alerts")
+
+
 def test_score_events_options_fail_fast_naming_the_flag(model_root: str) -> None:
     base = [
         "--bootstrapServers=127.0.0.1:9092",
@@ -384,3 +433,59 @@ def test_event_times_are_formatted_like_isoformat_to_the_millisecond() -> None:
     for ms in moments:
         moment = datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC)
         assert text(ms) == moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _prediction_batch() -> tuple[PredictionBatch, list[Prediction]]:
+    records = [
+        KafkaRecord("tx", i % 2, 10 + i, key, b"{}", 1_790_000_000_000 + i)
+        for i, key in enumerate([b"card-1", None, b"\xff\xfebad", b"card-4"])
+    ]
+    verdicts = Verdicts([0.5, 2.0, 0.25, 3.5], [False, True, False, True], [1.5] * 4, [4] * 4, {})
+    times = [f"2026-09-21T14:13:20.00{i}Z" for i in range(4)]
+    batch = PredictionBatch(records, ["a", None, 7, "d"], verdicts, times, "2026-11-18T11:06:40Z")
+    expected = [
+        Prediction(r.key, eid, s, f, 1.5, 4, t, "2026-11-18T11:06:40Z", "tx", r.partition, r.offset)
+        for r, eid, s, f, t in zip(
+            records, ["a", None, 7, "d"], verdicts.scores, verdicts.is_anomaly, times, strict=True
+        )
+    ]
+    return batch, expected
+
+
+def test_prediction_batches_are_the_predictions_they_hold_column_wise() -> None:
+    batch, expected = _prediction_batch()
+    assert len(batch) == 4 and list(batch) == expected and batch == expected
+    assert batch[2] == expected[2] and batch[1:3] == expected[1:3]
+    assert batch.column("offset") == [10, 11, 12, 13] and batch.column("model_version") == [4] * 4
+    copied = pickle.loads(pickle.dumps(batch))
+    assert type(copied) is Batch and copied == expected  # another process gets the tuples
+    assert BatchCoder().estimate_size(batch) == batch.estimate_bytes() > 0
+
+
+@pytest.mark.parametrize(
+    "fields", [None, ["event_id", "score", "is_anomaly"], ["key"], ["offset", "key", "score"]]
+)
+def test_prediction_json_encodes_a_batch_from_columns_like_each_prediction(fields) -> None:
+    batch, expected = _prediction_batch()
+    encode = PredictionJson(fields)
+    assert encode.on_batch(batch) == [encode(p) for p in expected]  # incl. None and bad UTF-8 keys
+    assert encode.on_batch(expected) is None  # a plain list: one by one
+    assert PREDICTION_KEY.on_batch(batch) == [p.key for p in expected]
+    assert [PREDICTION_KEY(p) for p in expected] == [p.key for p in expected]
+    assert pickle.loads(pickle.dumps(encode)).on_batch(batch) == encode.on_batch(batch)
+
+
+def test_size_checked_encoding_of_a_prediction_batch_equals_that_of_its_list() -> None:
+    batch, expected = _prediction_batch()
+
+    def encoded(element, limit: int) -> tuple[list, list]:
+        fn = _EncodeFn(PREDICTION_KEY, PredictionJson(), FixedSizeLimit(limit), None, True)
+        fn.setup()
+        outputs = list(fn.process(element))
+        records = [r for out in outputs if not isinstance(out, TaggedOutput) for r in out]
+        letters = [out.value.offset for out in outputs if isinstance(out, TaggedOutput)]
+        return records, letters
+
+    for limit in (10_000, len(PredictionJson()(expected[2])) + 5):  # all fit; some do not
+        assert encoded(batch, limit) == encoded(Batch(expected), limit)
+    assert encoded(batch, 10_000)[0] == [(p.key, PredictionJson()(p)) for p in expected]
