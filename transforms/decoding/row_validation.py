@@ -340,6 +340,7 @@ class _FastJson:
             kw_only=True,
             forbid_unknown_fields=reject_unknown,
             rename=None if self.plain else {a: n for n, a in self.attributes.items()},
+            gc=False,  # scalars only, no cycles: a batch of them adds nothing to collect
         )
         self.names = names
         self.decode = msgspec.json.Decoder(struct).decode

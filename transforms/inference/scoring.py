@@ -156,7 +156,9 @@ class PredictionJson:
         return (self._encode or self._build())(prediction)
 
     def _build(self) -> Callable[[Prediction], bytes]:
-        struct = msgspec.defstruct("PredictionRecord", [(name, Any) for name in self.fields])
+        struct = msgspec.defstruct(  # scalars only: nothing for the collector to track
+            "PredictionRecord", [(name, Any) for name in self.fields], gc=False
+        )
         encode = msgspec.json.Encoder().encode
         self._struct, self._encode_struct = struct, encode
         positions = [Prediction._fields.index(name) for name in self.fields]
@@ -272,6 +274,18 @@ class PredictionBatch(Sequence):
 
     def __repr__(self) -> str:
         return f"PredictionBatch({list(self)!r})"
+
+    def select(self, indices: Sequence[int]) -> PredictionBatch:
+        """The predictions at ``indices``, still column-wise (the alerts of a batch)."""
+
+        def pick(column: Sequence[Any]) -> list[Any]:
+            return [column[i] for i in indices]
+
+        verdicts = Verdicts(*map(pick, self.verdicts[:4]), {})
+        return PredictionBatch(
+            pick(self.records), pick(self.event_ids), verdicts, pick(self.event_times),
+            self.scoring_time,
+        )  # fmt: skip
 
     def column(self, name: str) -> Sequence[Any]:
         """Field ``name`` of :class:`Prediction` for every prediction, in order."""
@@ -537,7 +551,7 @@ class _ToPredictionsFn(beam.DoFn):
         )
         earliest_ms = min(timestamps)
         flags = verdicts.is_anomaly
-        alerts = Batch(predictions[i] for i in itertools.compress(range(len(flags)), flags))
+        alerts = predictions.select(list(itertools.compress(range(len(flags)), flags)))
         self._predictions.inc(len(predictions))
         progress.add(progress.PREDICTIONS, len(predictions))
         yield self._at(predictions, earliest_ms)
