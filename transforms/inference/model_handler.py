@@ -154,12 +154,12 @@ class LoadedModel:
         missing = [name for name in info.features if name not in inputs]
         if missing:
             raise ModelStoreError(f"{version_dir}: signature lacks inputs for features {missing}")
-        outputs = signature(**{name: tf.zeros([1], tf.float32) for name in info.features})
         for name in (_SCORE, _IS_ANOMALY):
-            if name not in outputs:
+            if name not in signature.structured_outputs:
                 raise ModelStoreError(f"{version_dir}: signature output lacks {name!r}")
         score_matrix = _matrix_function(signature, info.features)
-        # The first call pays a one-time set-up (~70 ms here): here, not in the first batch.
+        # The smoke test. The first call also pays a one-time set-up (~70 ms here): here, not
+        # in the first batch.
         score_matrix(tf.zeros([1, len(info.features)], tf.float32))
         model = cls(
             version if version is not None else info.version,
