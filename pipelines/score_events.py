@@ -38,10 +38,10 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.common.metrics_server import metrics_server_from_options
-from pipelines.common.model_source import MODEL_SOURCE, model_from_options
+from pipelines.common.model_source import MODEL_SOURCE, model_from_options, preload_tensorflow
 from pipelines.common.options import (
     Option,
     OptionError,
@@ -242,6 +242,7 @@ def run(argv: Sequence[str] | None = None) -> None:
     opts = parse_and_validate(argv, ScoreEventsOptions, OPTIONS)
     values = validate(opts, OPTIONS)
     _LOGGER.info("score_events options: %s", redact_option_values(values, OPTIONS))
+    preload_tensorflow(values, opts.view_as(StandardOptions).runner)
     run_pipeline(
         lambda p: build_pipeline(p, opts),
         opts,
