@@ -236,3 +236,26 @@ def test_version_poller_is_rate_limited(tmp_path) -> None:
     assert poller.newer_than(0) is None  # polled just now
     clock.now += 30
     assert poller.newer_than(1) is None
+
+
+def test_batches_are_padded_to_a_few_shapes_and_keep_their_rows() -> None:
+    """TensorFlow keeps native state per batch shape: a stream's 1..1,024-row batches are
+    padded to powers of two (at least 16 rows), so a live scorer's memory stays flat."""
+    from transforms.inference.model_handler import padded_rows
+
+    for rows, target in ((0, 16), (1, 16), (16, 16), (17, 32), (1000, 1024), (1024, 1024),
+                         (4096, 4096)):  # fmt: skip
+        matrix = np.arange(rows * 3, dtype=np.float32).reshape(rows, 3) + 1
+        padded = padded_rows(matrix)
+        assert padded.shape == (target, 3) and padded.dtype == np.float32
+        np.testing.assert_array_equal(padded[:rows], matrix)
+        assert not padded[rows:].any()
+    assert {padded_rows(np.ones((n, 2), np.float32)).shape[0] for n in range(1, 1025)} == {
+        16,
+        32,
+        64,
+        128,
+        256,
+        512,
+        1024,
+    }
