@@ -11,14 +11,35 @@ the first item instead. Declare it as the output type of steps emitting batches:
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
+from typing import Any
 
 from apache_beam import coders
 
-__all__ = ["Batch", "BatchCoder"]
+__all__ = ["Batch", "BatchCoder", "BatchView"]
 
 
 class Batch(list):
     """A list of elements handled together (a poll's records, a model call's rows)."""
+
+
+class BatchView(Sequence):
+    """A batch held in another form (columns) that stands for the :class:`Batch` of its items:
+    equal to any sequence of the same items, pickled as that Batch (so another process gets
+    plain data), unhashable like a list. Subclasses give ``__len__`` and ``__getitem__``."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Batch, (list(self),)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({list(self)!r})"
 
 
 class BatchCoder(coders.Coder):

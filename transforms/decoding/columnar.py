@@ -10,8 +10,9 @@ anything else sees the same dicts as ever, built when it asks for them.
 - :class:`ColumnarPairs`: the ``(KafkaRecord, row)`` pairs of one batch
   (``DecodeAndValidate(...).columnar()``), i.e. the records beside a :class:`StructRows`.
 
-Both behave as the lists they replace (length, iteration, indexing, equality with a list), and
-pickle as those lists: a runner that moves them between processes passes plain rows.
+Both are :class:`~transforms.batch.BatchView`s of the lists they replace (length, iteration,
+indexing, equality with a list) and pickle as those lists: a runner that moves them between
+processes passes plain rows.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from transforms.batch import Batch
+from transforms.batch import BatchView
 from transforms.kafka.record import KafkaRecord
 
 __all__ = ["ColumnarPairs", "StructLayout", "StructRows"]
@@ -38,7 +39,7 @@ class StructLayout(Protocol):
     def to_row(self, struct: Any) -> dict[str, Any]: ...
 
 
-class StructRows(Sequence):
+class StructRows(BatchView):
     """Rows held as structs; ``rows[i]`` is the row dict, built on access."""
 
     __slots__ = ("_structs", "_layout")
@@ -57,17 +58,6 @@ class StructRows(Sequence):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return map(self._layout.to_row, self._structs)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Sequence) and list(self) == list(other)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, like the list it stands for
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return list, (list(self),)
-
-    def __repr__(self) -> str:
-        return f"StructRows({list(self)!r})"
 
     @property
     def width(self) -> int:
@@ -108,7 +98,7 @@ class StructRows(Sequence):
         return StructRows(structs, parts[0]._layout)
 
 
-class ColumnarPairs(Sequence):
+class ColumnarPairs(BatchView):
     """A batch of ``(KafkaRecord, row)`` pairs held as the records and a :class:`StructRows`.
 
     Iterating or indexing gives the pairs (row dicts built then); :attr:`records` and
@@ -133,17 +123,6 @@ class ColumnarPairs(Sequence):
 
     def __iter__(self) -> Iterator[tuple[KafkaRecord, dict[str, Any]]]:
         return zip(self.records, self.rows, strict=True)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Sequence) and list(self) == list(other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return Batch, (list(self),)
-
-    def __repr__(self) -> str:
-        return f"ColumnarPairs({list(self)!r})"
 
     def estimate_bytes(self) -> int:
         """A cheap size for Beam's metrics: the payloads' mean (of the first 16) plus 64 bytes,

@@ -49,7 +49,7 @@ from apache_beam.utils import windowed_value
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import progress
-from transforms.batch import Batch, BatchCoder
+from transforms.batch import Batch, BatchCoder, BatchView
 from transforms.dead_letter import DEAD_LETTER_TAG, DeadLetter
 from transforms.decoding.columnar import ColumnarPairs
 from transforms.inference.model_handler import Row, VerdictHandler, Verdicts
@@ -212,7 +212,7 @@ class PredictionJson:
 _FULL_JSON = PredictionJson()
 
 
-class PredictionBatch(Sequence):
+class PredictionBatch(BatchView):
     """The predictions of one scored batch, held column-wise (``ScoreEvents(...).batched()``).
 
     Indexing or iterating gives :class:`Prediction` tuples, built then; :meth:`column` gives a
@@ -263,17 +263,6 @@ class PredictionBatch(Sequence):
 
     def __iter__(self) -> Iterator[Prediction]:
         return map(Prediction, *(self.column(name) for name in Prediction._fields))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Sequence) and list(self) == list(other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return Batch, (list(self),)
-
-    def __repr__(self) -> str:
-        return f"PredictionBatch({list(self)!r})"
 
     def select(self, indices: Sequence[int]) -> PredictionBatch:
         """The predictions at ``indices``, still column-wise (the alerts of a batch)."""

@@ -16,28 +16,13 @@ from transforms.decoding.columnar import ColumnarPairs, StructRows
 from transforms.decoding.decode import DecodeAndValidate
 from transforms.decoding.rejection import Reason
 from transforms.decoding.row_validation import RowValidator
-from transforms.decoding.schema import RowSchema, bundled_schema
+from transforms.decoding.schema import RowSchema
 from transforms.inference.model_handler import feature_matrix
 from transforms.kafka.record import KafkaRecord
 
-CAR = bundled_schema("car_sensor")
-GOOD = {
-    "event_id": "e-1",
-    "car_id": "car-7",
-    "event_time": "2026-11-22T01:02:03.456Z",
-    "speed_kmh": 88.5,
-    "engine_rpm": 2400,
-    "engine_temp_c": 91.0,
-    "oil_pressure_kpa": 310.0,
-    "battery_voltage": 12.6,
-    "tire_pressure_kpa": 230.0,
-    "latitude": 48.1,
-}
+from .test_decode import CAR, GOOD, js
+
 FEATURES = ("speed_kmh", "engine_rpm", "latitude", "longitude")
-
-
-def js(obj: dict) -> bytes:
-    return json.dumps(obj).encode()
 
 
 def payloads(count: int) -> list[bytes]:
