@@ -22,7 +22,8 @@ step. A ``Create`` is split one element per Dask partition (up to ``_MAX_CREATE_
 unless ``--dask_npartitions``/``--dask_partition_size`` says otherwise, so the bounded Kafka
 read's work units run on as many workers as there are units.
 
-Select it with ``--runner=DaskRunner`` (:func:`runner_for` picks it for the pipelines) or
+Select it with ``--runner=DaskRunner`` (the pipelines' supervisor picks it:
+:func:`pipelines.common.supervisor.runner_for`) or
 ``--runner=pipelines.common.dask_runner.DaskRunner``.
 """
 
@@ -34,7 +35,6 @@ import pickle
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.pipeline import PipelineVisitor, PTransformOverride
 from apache_beam.runners.common import (
     DoFnContext,
@@ -52,20 +52,12 @@ from apache_beam.transforms.window import GlobalWindow, IntervalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-__all__ = ["DaskRunner", "runner_for"]
+__all__ = ["DaskRunner"]
 
 _LOGGER = logging.getLogger(__name__)
 
 #: A Create of more elements is split into this many Dask partitions at most.
 _MAX_CREATE_PARTITIONS = 256
-
-
-def runner_for(options: PipelineOptions) -> beam.runners.PipelineRunner | None:
-    """This module's runner when ``--runner`` names a DaskRunner; None lets Beam resolve it."""
-    runner = options.view_as(StandardOptions).runner
-    if isinstance(runner, str) and runner.split(".")[-1] == "DaskRunner":
-        return DaskRunner()
-    return None
 
 
 class _GroupByKey(beam.PTransform):
