@@ -100,16 +100,25 @@ def test_a_rewind_drops_the_points_past_it_and_later_commits_continue_from_there
     assert trail.verified_start(KEY, 18, _log(40, lost_from=17)) == 16
 
 
-@pytest.mark.parametrize("commits", [3000, 10_000])
+@pytest.mark.parametrize("commits", [3000, 10_000, 100_000])
 def test_the_trail_stays_bounded_and_reaches_back_to_old_commits(commits):
     trail = _trail(list(range(1, commits + 1)), recent=64)
     points = trail._points[KEY]
-    assert len(points) <= 2 * 64
-    assert points[0].committed < commits // 4  # old commits are thinned out, not forgotten
+    assert len(points) <= 2 * 64 + 32 * (commits // 32).bit_length()  # logarithmic
     assert [p.committed for p in points] == sorted(p.committed for p in points)
-    assert trail.verified_start(KEY, commits, _log(commits + 5, lost_from=commits - 300)) <= (
-        commits - 300
-    )
+    for lost_from in (commits - 300, commits - commits // 3, commits // 10, 40):
+        # a loss at any age: the read starts a little before it, never back at the origin
+        start = trail.verified_start(KEY, commits, _log(commits + 5, lost_from=lost_from))
+        assert lost_from - (commits - lost_from) // 10 - 2 <= start <= lost_from
+
+
+def test_the_trail_never_leaves_a_minute_of_commits_without_a_point():
+    """20 commits a second for an hour; the broker then lost the last minute: the old halving
+    kept no point between the first commit and the last ~4 x 256 (a restart from offset 0)."""
+    commits = 20 * 3600
+    trail = _trail(list(range(1, commits + 1)))
+    start = trail.verified_start(KEY, commits, _log(commits, lost_from=commits - 20 * 60))
+    assert commits - 20 * 60 - 20 * 10 <= start <= commits - 20 * 60
 
 
 def test_after_an_outage_the_restart_goes_back_to_a_commit_made_replay_s_before_it():
