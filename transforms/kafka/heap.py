@@ -11,7 +11,10 @@ permanent generation (``gc.freeze``). Modules, the pipeline and loaded models li
 worker, so later collections skip them and cost what the new objects cost. Objects frozen while
 alive that later become cyclic garbage (an earlier pipeline of the same process, a replaced
 model) are reclaimed at the next settle, which unfreezes and collects first; settles are at most
-one per ``min_interval_s``.
+one per ``min_interval_s``. A process's first settle collects the young generations only: a full
+pass over a fresh worker's heap took 211 ms to find 49 unreachable objects (Beam, TensorFlow and
+a scorer), between the model load and a stream's first record; what little it leaves is frozen
+until the next settle.
 """
 
 from __future__ import annotations
@@ -38,8 +41,11 @@ class _Settler:
             if self.last is not None and time.monotonic() - self.last < min_interval_s:
                 return False
             started = time.perf_counter()
-            gc.unfreeze()
-            gc.collect()
+            if self.last is None:
+                gc.collect(1)  # a fresh heap: old garbage is a few objects, not worth a pass
+            else:
+                gc.unfreeze()
+                gc.collect()
             gc.freeze()
             self.last = time.monotonic()
             _LOGGER.debug(

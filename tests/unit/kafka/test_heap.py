@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from transforms.kafka.heap import settle_heap
+from transforms.kafka.heap import _Settler, settle_heap
 
 
 class _Node:
@@ -32,5 +32,20 @@ def test_settle_collects_garbage_then_freezes_what_lives_until_the_next_settle()
         assert settle_heap(min_interval_s=0)
         assert dropped() is None  # the next settle unfreezes and collects first
         assert kept.me is kept
+    finally:
+        gc.unfreeze()
+
+
+def test_a_first_settle_skips_the_full_pass_and_the_next_one_reclaims_what_it_froze():
+    settler = _Settler()  # a fresh process's
+    old = _Node()
+    reclaimed = weakref.ref(old)
+    gc.collect()  # ``old`` now sits in the oldest generation
+    del old  # ... as garbage, which only a full pass finds
+    try:
+        assert settler.settle(min_interval_s=0)
+        assert reclaimed() is not None  # frozen with the rest, no full pass
+        assert settler.settle(min_interval_s=0)
+        assert reclaimed() is None
     finally:
         gc.unfreeze()
