@@ -53,6 +53,7 @@ import datetime
 import functools
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -83,6 +84,7 @@ from transforms.kafka.restriction import (
     KafkaRestrictionProvider,
     WatchedPartition,
 )
+from transforms.kafka.warm_consumers import MAX_WARM, MAX_WARM_RECORDS, WARM, LateErrorCallback
 from transforms.kafka.watermark import ReaderWatermarkProvider
 
 __all__ = ["ReadFromKafka", "KafkaBrokerOutageError", "KafkaLogTruncatedError"]
@@ -258,12 +260,14 @@ class _PlanPartitionsFn(beam.DoFn):
         *,
         watch_start: str | None = None,
         topics_option: str | None = None,
+        warm: bool = False,
     ):
         self._reader = reader
         self._topics = topics
         self._plan_kwargs = plan_kwargs
         self._watch_start = watch_start
         self._topics_option = topics_option
+        self._warm = warm  # start the partitions' consumers now (the reader runs in this process)
 
     def process(self, _impulse) -> Iterator[PartitionPlan | PartitionWatch]:
         client = self._reader.new_consumer()
@@ -289,10 +293,30 @@ class _PlanPartitionsFn(beam.DoFn):
                 plan.start_offset,
                 min(plan.end_offset_at_launch, plan.stop_offset),
             )
+        if self._warm:
+            self._warm_up(plans)
         yield from plans
         if self._watch_start is not None:
             known = frozenset((plan.topic, plan.partition) for plan in plans)
             yield PartitionWatch(self._topics, known, self._watch_start, listed_at)
+
+    def _warm_up(self, plans: Sequence[PartitionPlan]) -> None:
+        """Start the first :data:`MAX_WARM` partitions' consumers at their start offsets, those
+        with a short backlog (see :mod:`transforms.kafka.warm_consumers`)."""
+        short = [
+            plan
+            for plan in plans
+            if min(plan.end_offset_at_launch, plan.stop_offset) - plan.start_offset
+            <= MAX_WARM_RECORDS
+        ]
+        for plan in short[:MAX_WARM]:
+            errors = LateErrorCallback()
+            reader = _PartitionConsumer(
+                self._reader.new_consumer(error_cb=errors), plan.topic, plan.partition
+            )
+            reader.position_at(plan.start_offset)
+            key = (self._reader.read_id, plan.topic, plan.partition, plan.start_offset)
+            WARM.put(key, reader, errors)
 
     def _verified(self, client, plan: PartitionPlan) -> PartitionPlan:
         """``plan``, starting lower when the broker lost records this process had committed
@@ -360,6 +384,7 @@ class _ReaderSettings:
         self.consumer_factory = consumer_factory
         self.timeout_s = timeout_s
         self.outage_replay_s = outage_replay_s
+        self.read_id = uuid.uuid4().hex  # the same in the planner's and the readers' copies
 
     def new_consumer(self, error_cb: Callable[[KafkaError], None] | None = None):
         settings = self.config.consumer_dict()
@@ -428,6 +453,7 @@ class _ReadPartitionsFn(beam.DoFn):
         for reader in self._consumers.values():
             reader.close()
         self._consumers.clear()
+        WARM.close_all(self._reader.read_id)
         for client in (self._committer, self._lister):
             if client is not None:
                 client.close()
@@ -443,13 +469,19 @@ class _ReadPartitionsFn(beam.DoFn):
     ):
         return self._read(plan, (window,), tracker, watermark, finalizer)
 
-    def _consumer(self, topic: str, partition: int) -> _PartitionConsumer:
-        """One cached consumer per partition this worker reads, so checkpoints keep prefetch."""
+    def _consumer(self, topic: str, partition: int, start: int) -> _PartitionConsumer:
+        """One cached consumer per partition this worker reads, so checkpoints keep prefetch;
+        the first one the planner started for this partition and start offset, if any."""
         key = (topic, partition)
         reader = self._consumers.pop(key, None)
         if reader is None:
-            consumer = self._reader.new_consumer(error_cb=self._outage.on_error)
-            reader = _PartitionConsumer(consumer, topic, partition)
+            warm = WARM.take((self._reader.read_id, topic, partition, start))
+            if warm is not None:
+                reader, errors = warm
+                errors.attach(self._outage.on_error)
+            else:
+                consumer = self._reader.new_consumer(error_cb=self._outage.on_error)
+                reader = _PartitionConsumer(consumer, topic, partition)
             if len(self._consumers) >= _MAX_CACHED_CONSUMERS:
                 _, oldest = self._consumers.popitem(last=False)
                 oldest.close()
@@ -471,7 +503,7 @@ class _ReadPartitionsFn(beam.DoFn):
         taken: waiting for more would keep the other partitions' fetched records waiting.
         """
         start = tracker.current_restriction().start
-        reader = self._consumer(plan.topic, plan.partition)
+        reader = self._consumer(plan.topic, plan.partition, start)
         reader.position_at(start)
         next_offset = start
         plan_stop = plan.stop_offset  # the restriction's own stop shrinks when it checkpoints
@@ -954,6 +986,7 @@ class ReadFromKafka(beam.PTransform):
                     self._plan_kwargs,
                     watch_start=self._watch_start,
                     topics_option=self._topics_option,
+                    warm=type(pbegin.pipeline.runner).__name__ in _ONE_PROCESS_RUNNERS,
                 )
             )
             | "Distribute" >> beam.Reshuffle()

@@ -24,6 +24,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Duration, Timestamp
 from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
+from transforms.kafka import reader as reader_module
 from transforms.kafka.config import KafkaConfig
 from transforms.kafka.partition_plan import (
     KafkaUnavailableError,
@@ -50,6 +51,7 @@ from transforms.kafka.restriction import (
     PartitionBacklog,
     PartitionOffsetRange,
 )
+from transforms.kafka.warm_consumers import WARM
 from transforms.kafka.watermark import KafkaWatermarkEstimator
 
 # ---------------------------------------------------------------- fake Kafka (in-process)
@@ -517,8 +519,8 @@ def _process(fn, plan, restriction, estimator_state=None):
     return outputs, tracker, estimator, finalizer
 
 
-def _read_fn(cluster, group="g"):
-    settings = _ReaderSettings(CONFIG, group, cluster.factory(), timeout_s=5)
+def _read_fn(cluster, group="g", settings=None):
+    settings = settings or _ReaderSettings(CONFIG, group, cluster.factory(), timeout_s=5)
     fn = _ReadUnboundedPartitionsFn(
         settings,
         commit_offsets=True,
@@ -809,12 +811,60 @@ def test_display_data_names_the_source_without_secrets():
     assert "password" not in repr(shown).lower()
 
 
+def _warm_planned(cluster):
+    """A planner as on the local runner, which starts every partition's consumer."""
+    settings = _ReaderSettings(CONFIG, "g", cluster.factory(), timeout_s=5)
+    planner = _PlanPartitionsFn(
+        settings,
+        ("events",),
+        {"start": "earliest", "start_fallback": "earliest", "stop": "end_at_launch"},
+        warm=True,
+    )
+    return settings, {plan.partition: plan for plan in planner.process(None)}
+
+
+def test_a_local_read_starts_each_partition_consumer_when_planned_and_reads_with_it(cluster):
+    """The local runner reads partitions one after another: their consumers fetch from the
+    moment the read is planned (each first fetch took 0.2-0.3 s on the local broker)."""
+    settings, plans = _warm_planned(cluster)
+    assert len(WARM) == 3 and cluster.open_consumers == 3  # the planner's own client closed
+    fn = _read_fn(cluster, settings=settings)
+    for partition, plan in plans.items():
+        restriction = PartitionOffsetRange(plan.start_offset, plan.stop_offset, "events", partition)
+        outputs, _, _, _ = _process(fn, plan, restriction)
+        assert _offsets(outputs) == list(range(20))
+        assert cluster.open_consumers == 2 - partition  # none new; each finished one closed
+    assert len(WARM) == 0
+    fn.teardown()
+
+
+def test_a_partition_with_a_long_backlog_is_not_started_ahead(cluster, monkeypatch):
+    """The local broker sends a started consumer its whole partition, which waits in memory."""
+    monkeypatch.setattr(reader_module, "MAX_WARM_RECORDS", 19)
+    settings, _ = _warm_planned(cluster)  # 20 records in each partition
+    assert len(WARM) == 0 and cluster.open_consumers == 0
+
+
+def test_planned_consumers_nobody_took_are_closed_and_early_errors_reach_the_reader(cluster):
+    settings, plans = _warm_planned(cluster)
+    cluster.go_down()  # heard by the planned consumers before any reader took them
+    cluster.reachable = True
+    fn = _read_fn(cluster, settings=settings)
+    assert not fn._outage.seen
+    fn._consumer("events", 0, plans[0].start_offset)  # taken: its error reaches the reader
+    assert fn._outage.seen
+    fn._consumer("events", 1, plans[1].start_offset + 1)  # another start: a new consumer
+    assert len(WARM) == 2 and cluster.open_consumers == 4  # partitions 1 and 2 still wait
+    fn.teardown()
+    assert len(WARM) == 0 and cluster.open_consumers == 0
+
+
 def test_offsets_before_the_range_after_a_client_reset_are_not_re_emitted(cluster):
     """After an offset reset the client may hand out offsets below the range: they are skipped."""
     fn = _read_fn(cluster)
     plan = PartitionPlan("events", 0, 12, 15, end_offset_at_launch=20)
     restriction = PartitionOffsetRange(12, 15, "events", 0)
-    reader = fn._consumer("events", 0)
+    reader = fn._consumer("events", 0, 12)
     reader.position_at(12)
     reader.consumer.assign([TopicPartition("events", 0, 3)])  # what a reset to earlier does
     outputs, _, _, _ = _process(fn, plan, restriction)
