@@ -84,7 +84,13 @@ from transforms.kafka.restriction import (
     KafkaRestrictionProvider,
     WatchedPartition,
 )
-from transforms.kafka.warm_consumers import MAX_WARM, MAX_WARM_RECORDS, WARM, LateErrorCallback
+from transforms.kafka.warm_consumers import (
+    MAX_WARM,
+    MAX_WARM_RECORDS,
+    QUEUED_MIN_MESSAGES,
+    WARM,
+    LateErrorCallback,
+)
 from transforms.kafka.watermark import ReaderWatermarkProvider
 
 __all__ = ["ReadFromKafka", "KafkaBrokerOutageError", "KafkaLogTruncatedError"]
@@ -302,11 +308,14 @@ class _PlanPartitionsFn(beam.DoFn):
 
     def _warm_up(self, plans: Sequence[PartitionPlan]) -> None:
         """Start the first :data:`MAX_WARM` partitions' consumers at their start offsets, those
-        with a short backlog (see :mod:`transforms.kafka.warm_consumers`)."""
+        whose backlog fills a consumer's queue without being long (see
+        :mod:`transforms.kafka.warm_consumers`)."""
+        fills = int(self._reader.config.extra.get("queued.min.messages", QUEUED_MIN_MESSAGES))
         short = [
             plan
             for plan in plans
-            if min(plan.end_offset_at_launch, plan.stop_offset) - plan.start_offset
+            if fills
+            <= min(plan.end_offset_at_launch, plan.stop_offset) - plan.start_offset
             <= MAX_WARM_RECORDS
         ]
         for plan in short[:MAX_WARM]:

@@ -811,9 +811,10 @@ def test_display_data_names_the_source_without_secrets():
     assert "password" not in repr(shown).lower()
 
 
-def _warm_planned(cluster):
-    """A planner as on the local runner, which starts every partition's consumer."""
-    settings = _ReaderSettings(CONFIG, "g", cluster.factory(), timeout_s=5)
+def _warm_planned(cluster, queued_min_messages: int = 10):
+    """A planner as on the local runner, which starts the partitions' consumers."""
+    config = CONFIG.with_extra({"queued.min.messages": str(queued_min_messages)})
+    settings = _ReaderSettings(config, "g", cluster.factory(), timeout_s=5)
     planner = _PlanPartitionsFn(
         settings,
         ("events",),
@@ -841,7 +842,13 @@ def test_a_local_read_starts_each_partition_consumer_when_planned_and_reads_with
 def test_a_partition_with_a_long_backlog_is_not_started_ahead(cluster, monkeypatch):
     """The local broker sends a started consumer its whole partition, which waits in memory."""
     monkeypatch.setattr(reader_module, "MAX_WARM_RECORDS", 19)
-    settings, _ = _warm_planned(cluster)  # 20 records in each partition
+    _warm_planned(cluster)  # 20 records in each partition
+    assert len(WARM) == 0 and cluster.open_consumers == 0
+
+
+def test_a_partition_shorter_than_a_consumer_queue_is_not_started_ahead(cluster):
+    """Its consumer would keep fetching at the log end, which the local broker answers at once."""
+    _warm_planned(cluster, queued_min_messages=21)  # 20 records in each partition
     assert len(WARM) == 0 and cluster.open_consumers == 0
 
 
