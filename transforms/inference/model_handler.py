@@ -26,11 +26,13 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import itertools
 import logging
 import math
 import operator
 import posixpath
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -146,7 +148,12 @@ class LoadedModel:
 
         info = read_model_info(version_dir)
         version = version_of(version_dir)
-        holder = tf.saved_model.load(version_dir)
+        try:
+            holder = tf.saved_model.load(version_dir)
+        except Exception:
+            if not _imported_keras_savers():
+                raise
+            holder = tf.saved_model.load(version_dir)  # it needed what Keras registers
         signature = holder.signatures.get(_SIGNATURE)
         if signature is None:
             raise ModelStoreError(f"{version_dir} has no {_SIGNATURE!r} signature")
@@ -170,6 +177,18 @@ class LoadedModel:
         )
         _LOGGER.info("loaded model version %d from %s", model.version, version_dir)
         return model
+
+
+def _imported_keras_savers() -> bool:
+    """Import Keras' optimizers, which register SavedModel savers, if TensorFlow was imported
+    without them (a scorer's preload defers Keras); True if they were imported now."""
+    if "keras.src.optimizers" in sys.modules:
+        return False
+    try:
+        importlib.import_module("keras.src.optimizers")
+    except ImportError:
+        return False
+    return True
 
 
 def _matrix_function(signature: Any, features: Sequence[str]) -> Callable[[Any], Any]:
