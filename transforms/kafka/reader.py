@@ -995,7 +995,8 @@ class ReadFromKafka(beam.PTransform):
                     self._plan_kwargs,
                     watch_start=self._watch_start,
                     topics_option=self._topics_option,
-                    warm=type(pbegin.pipeline.runner).__name__ in _ONE_PROCESS_RUNNERS,
+                    warm=self._bounded
+                    and type(pbegin.pipeline.runner).__name__ in _ONE_PROCESS_RUNNERS,
                 )
             )
             | "Distribute" >> beam.Reshuffle()

@@ -7,8 +7,10 @@ was 0.2-0.3 s per partition, ~0.7 s of a 200k-event re-score that takes ~2.9 s. 
 planner, which runs in the same process on those runners, every partition fetches while the
 ones before it are read.
 
-Only for one-process runners (``ReadFromKafka`` decides): elsewhere the planner's process need
-not be the reader's. The reader takes a consumer planned for exactly its partition and start
+Only for bounded reads on one-process runners (``ReadFromKafka`` decides): elsewhere the
+planner's process need not be the reader's, and a stream restarted with a backlog (after a broker
+outage) would hold every partition's backlog at once: a soak's scorer kept ~140 MiB more after
+such a restart. The reader takes a consumer planned for exactly its partition and start
 offset; anything else (a restart, a split) builds a new consumer as before. Unclaimed consumers
 are closed when the reading DoFn is torn down, and at most :data:`MAX_WARM` wait at a time.
 Only partitions with at most :data:`MAX_WARM_RECORDS` records to read are started ahead: the
