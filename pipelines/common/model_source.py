@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 from apache_beam.ml.inference.base import ModelHandler
 
 from pipelines.common.options import Option, OptionError
-from transforms.inference.model_handler import SavedModelHandler
+from transforms.inference.model_handler import KERAS_SAVER_MODULES, SavedModelHandler
 from transforms.inference.model_server_handler import (
     PROTOCOLS,
     ModelServerEndpoint,
@@ -266,9 +266,8 @@ def preload_tensorflow(values: Mapping[str, Any], runner: str | None) -> threadi
     return thread
 
 
-#: Keras' optimizers, which TensorFlow's own import loads eagerly so that they register their
-#: SavedModel savers (b/196254385): 0.7 of its ~3 s here, the rest of Keras with them.
-_KERAS_EAGER_IMPORTS = frozenset({"keras.src.optimizers", "tf_keras.src.optimizers"})
+#: What TensorFlow's import loads of Keras: 0.7 of its ~3 s here, the rest of Keras with them.
+_KERAS_EAGER_IMPORTS = frozenset(KERAS_SAVER_MODULES)
 
 
 @contextmanager

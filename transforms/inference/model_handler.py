@@ -55,6 +55,7 @@ from transforms.inference.model_store import (
 )
 
 __all__ = [
+    "KERAS_SAVER_MODULES",
     "SavedModelHandler",
     "LiveModel",
     "LoadedModel",
@@ -179,16 +180,24 @@ class LoadedModel:
         return model
 
 
+#: Keras' optimizers (Keras 3, legacy tf_keras), which TensorFlow's own import loads eagerly so
+#: that they register their SavedModel savers (b/196254385); a scorer's preload defers them.
+KERAS_SAVER_MODULES = ("keras.src.optimizers", "tf_keras.src.optimizers")
+
+
 def _imported_keras_savers() -> bool:
     """Import Keras' optimizers, which register SavedModel savers, if TensorFlow was imported
-    without them (a scorer's preload defers Keras); True if they were imported now."""
-    if "keras.src.optimizers" in sys.modules:
-        return False
-    try:
-        importlib.import_module("keras.src.optimizers")
-    except ImportError:
-        return False
-    return True
+    without them (a scorer's preload defers Keras); True if any was imported now."""
+    imported = False
+    for name in KERAS_SAVER_MODULES:
+        if name in sys.modules:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+        imported = True
+    return imported
 
 
 def _matrix_function(signature: Any, features: Sequence[str]) -> Callable[[Any], Any]:

@@ -66,7 +66,7 @@ class CommitPoint:
     timestamp_ms: int
     digest: int
     at: float
-    serial: int = 0  # the how-manieth commit of its partition: which points thinning keeps
+    serial: int  # the how-manieth commit of its partition: which points thinning keeps
 
     def held_by(self, lookup: RecordLookup) -> bool:
         found = lookup(self.record_offset)
