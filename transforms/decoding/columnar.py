@@ -5,10 +5,12 @@ cost as much again as the decoding (~0.8 µs of a 33-field row's ~2.6 µs). A st
 few columns (the scorer: its features and the event id) reads them straight from the structs;
 anything else sees the same dicts as ever, built when it asks for them.
 
-- :class:`StructRows`: a sequence of rows (dicts on access) with :meth:`~StructRows.column`
-  and :meth:`~StructRows.matrix`.
+- :class:`StructRows`: a sequence of rows (dicts on access) with :meth:`~StructRows.column`,
+  :meth:`~StructRows.matrix` and :meth:`~StructRows.tuples`
+  (``DecodeAndValidate(...).columnar()``); the exports filter, encode and write them whole.
 - :class:`ColumnarPairs`: the ``(KafkaRecord, row)`` pairs of one batch
-  (``DecodeAndValidate(...).columnar()``), i.e. the records beside a :class:`StructRows`.
+  (``DecodeAndValidate(...).with_records().columnar()``), i.e. the records beside a
+  :class:`StructRows`.
 
 Both are :class:`~transforms.batch.BatchView`s of the lists they replace (length, iteration,
 indexing, equality with a list) and pickle as those lists: a runner that moves them between
@@ -19,9 +21,11 @@ from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import pickle
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
+import msgspec
 import numpy as np
 
 from transforms.batch import BatchView
@@ -31,7 +35,9 @@ __all__ = ["ColumnarPairs", "StructLayout", "StructRows"]
 
 
 class StructLayout(Protocol):
-    """How a decoder's structs hold a schema's rows."""
+    """How a decoder's structs hold a schema's rows: one attribute per field, in ``names``
+    order (``msgspec.structs.astuple`` gives the values in that order), each value already of
+    its field's schema type."""
 
     names: tuple[str, ...]
     attributes: Mapping[str, str]  # field name → struct attribute
@@ -58,6 +64,31 @@ class StructRows(BatchView):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return map(self._layout.to_row, self._structs)
+
+    @property
+    def structs(self) -> list[Any]:
+        """The decoder's structs, one per row (read-only by convention)."""
+        return self._structs
+
+    @property
+    def layout(self) -> StructLayout:
+        """How the structs hold the rows."""
+        return self._layout
+
+    def tuples(self) -> list[tuple[Any, ...]]:
+        """Each row's values as a tuple, in ``layout.names`` order."""
+        return list(map(msgspec.structs.astuple, self._structs))
+
+    def compress(self, keep: Iterable[Any]) -> StructRows:
+        """The rows whose ``keep`` flag is truthy, in order."""
+        return StructRows(list(itertools.compress(self._structs, keep)), self._layout)
+
+    def estimate_bytes(self) -> int:
+        """A cheap size for Beam's metrics: the first row's pickled size times the rows."""
+        if not self._structs:
+            return 0
+        first = pickle.dumps(msgspec.structs.astuple(self._structs[0]), pickle.HIGHEST_PROTOCOL)
+        return len(first) * len(self._structs)
 
     @property
     def width(self) -> int:

@@ -20,7 +20,9 @@ Usage::
     # lists in, lists out (ReadFromKafka(...).batched()): one Batch of rows per polled list
     batches = polled | DecodeAndValidate(schema).with_records().batched()
     # the same pairs kept column-wise (the scorer reads its features without a dict per row)
-    columns = polled | DecodeAndValidate(schema).columnar()
+    columns = polled | DecodeAndValidate(schema).with_records().columnar()
+    # rows kept column-wise (the exports filter and encode them without a dict per row)
+    rows = polled | DecodeAndValidate(schema).columnar()
 
 JSON takes a fast path (:meth:`RowValidator.decode_json_fast`, parsing and checking in one pass)
 and falls back to the exact one (``json`` + :meth:`RowValidator.validate`) whenever it cannot
@@ -202,7 +204,7 @@ class _DecodeBatchFn(_DecodeFn):
         if decoded is not None:
             self._counters.rows.inc(len(decoded))
             if self._columnar:
-                yield ColumnarPairs(records, decoded)
+                yield ColumnarPairs(records, decoded) if self._with_records else decoded
             elif self._with_records:
                 yield Batch(zip(records, decoded, strict=True))
             else:
@@ -316,13 +318,15 @@ class DecodeAndValidate(beam.PTransform):
         return clone
 
     def columnar(self) -> DecodeAndValidate:
-        """``with_records().batched()`` whose JSON batches stay column-wise: a batch the fast
-        path decodes whole is a :class:`~transforms.decoding.columnar.ColumnarPairs` (the
-        same pairs, no row dict built until one is asked for); others are lists of pairs.
+        """``batched()`` whose JSON batches stay column-wise: a batch the fast path decodes
+        whole is a :class:`~transforms.decoding.columnar.StructRows` (with ``with_records()``:
+        a :class:`~transforms.decoding.columnar.ColumnarPairs`), the same rows with no row dict
+        built until one is asked for; other batches are lists as in ``batched()``.
 
-        For steps that read a few columns of each batch (``ScoreEvents(...).batched()``).
+        For steps that read a few columns of each batch (``ScoreEvents(...).batched()``) or
+        encode whole columns (``Filter``, ``WriteTFRecords(...).batched()``, BigQuery loads).
         """
-        clone = self.with_records().batched()
+        clone = self.batched()
         clone._columnar = True
         return clone
 

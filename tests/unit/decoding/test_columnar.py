@@ -86,6 +86,20 @@ def test_odd_field_names_are_read_through_renamed_attributes() -> None:
     np.testing.assert_array_equal(rows.matrix(["class"]), [[1.5], [2.0]])
 
 
+def test_rows_kept_column_wise_filter_and_pickle_as_their_rows() -> None:
+    validator = RowValidator(CAR)
+    rows = validator.decode_json_columns(payloads(5))
+    expected = validator.decode_json_fast_all(payloads(5))
+    kept = rows.compress([1, 0, 0, 1, 1])
+    assert type(kept) is StructRows and kept == [expected[0], expected[3], expected[4]]
+    assert rows.tuples()[1] == tuple(expected[1].values())  # in the layout's field order
+    assert rows.structs[2] is rows[2:3].structs[0] and rows.layout.names == tuple(CAR.names)
+    copied = pickle.loads(pickle.dumps(rows))
+    assert type(copied) is Batch and copied == expected
+    assert 0 < BatchCoder().estimate_size(rows) == rows.estimate_bytes()
+    assert rows[:0].estimate_bytes() == 0
+
+
 def test_pairs_behave_and_pickle_as_the_list_of_pairs_they_stand_for() -> None:
     validator = RowValidator(CAR)
     batch = payloads(6)
@@ -111,7 +125,7 @@ def test_columnar_decode_emits_the_pairs_of_the_row_path_and_the_same_dead_lette
     clean = [record(value, offset) for offset, value in enumerate(payloads(4))]
     mixed = [record(payloads(1)[0], 10), record(b"{", 11)]
     with TestPipeline() as p:
-        decoded = p | beam.Create([clean, mixed]) | DecodeAndValidate(CAR).columnar()
+        decoded = p | beam.Create([clean, mixed]) | DecodeAndValidate(CAR).with_records().columnar()
         reference = (
             p | "Again" >> beam.Create([clean, mixed])
             | "Rows" >> DecodeAndValidate(CAR).with_records().batched()
@@ -134,4 +148,12 @@ def test_columnar_decode_emits_the_pairs_of_the_row_path_and_the_same_dead_lette
             decoded.dead_letters | beam.Map(lambda d: (d.offset, d.error_type)),
             equal_to([(11, Reason.INVALID_JSON)]),
             label="dead",
+        )
+        rows = (
+            p | "Plain" >> beam.Create([clean, mixed]) | "Cols" >> DecodeAndValidate(CAR).columnar()
+        )
+        assert_that(
+            rows.rows | "RowKinds" >> beam.Map(lambda batch: (type(batch).__name__, len(batch))),
+            equal_to([("StructRows", 4), ("Batch", 1)]),
+            label="row kinds",
         )

@@ -312,7 +312,7 @@ def test_column_wise_decoded_batches_score_like_lists_of_pairs(model_root: str) 
         decoded = (
             p
             | beam.Create([records[:3], records[3:]])
-            | DecodeAndValidate(bundled_schema("creditcard")).columnar()
+            | DecodeAndValidate(bundled_schema("creditcard")).with_records().columnar()
         )
         scored = decoded.rows | scorer.batched()
         kinds = scored.predictions | "Kinds" >> beam.Map(lambda b: type(b).__name__)
