@@ -27,7 +27,8 @@ Python semantics apply: ``amount > 100`` with ``amount`` null raises ``TypeError
 from __future__ import annotations
 
 import ast
-from collections.abc import Mapping
+import copy
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = ["Expr", "FUNCTIONS", "MODEL_FUNCTIONS", "SCORE_FIELD", "VERDICT_FIELD"]
@@ -42,6 +43,9 @@ MODEL_FUNCTIONS = {"ANOMALY": SCORE_FIELD, "IS_ANOMALY": VERDICT_FIELD}
 def _coalesce(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
+
+#: The argument of an expression compiled over structs (Expr.on_structs).
+_STRUCT_ARG = "_kbml_row_struct"
 
 #: Functions an expression may call.
 FUNCTIONS = {
@@ -142,8 +146,10 @@ class Expr:
             for node in ast.walk(tree)
         )
         tree = ast.fix_missing_locations(_ReadModelFields().visit(tree))
+        self._tree = tree
         self._code = compile(tree, "<expr>", "eval")
         self._globals = {"__builtins__": {}, **FUNCTIONS}
+        self._on_structs: dict[tuple[tuple[str, str], ...], Callable[[Any], Any] | None] = {}
 
     def __call__(self, row: Mapping[str, Any]) -> Any:
         # An unknown field raises NameError naming it.
@@ -156,6 +162,39 @@ class Expr:
                     "(apply transforms.inference.scoring.AttachVerdicts first)"
                 ) from err
             raise
+
+    def on_structs(self, attributes: Mapping[str, str]) -> Callable[[Any], Any] | None:
+        """The same expression over objects holding each row field as an attribute
+        (``attributes``: field → attribute, e.g. a decoder's structs), or None when it cannot
+        be (a name it uses would be ambiguous).
+
+        Why: a filter over a batch kept column-wise then reads a struct's attribute instead of
+        building the row dict (~0.2 µs a row less). Names resolve as for a row: fields first,
+        then the functions; an unknown name still raises NameError.
+        """
+        key = tuple(sorted(attributes.items()))
+        if key not in self._on_structs:
+            self._on_structs[key] = self._compile_on_structs(attributes)
+        return self._on_structs[key]
+
+    def _compile_on_structs(self, attributes: Mapping[str, str]) -> Callable[[Any], Any] | None:
+        names = {node.id for node in ast.walk(self._tree) if isinstance(node, ast.Name)}
+        if _STRUCT_ARG in names and _STRUCT_ARG not in attributes:
+            return None
+
+        class ToAttributes(ast.NodeTransformer):
+            def visit_Name(self, node: ast.Name) -> ast.AST:
+                if node.id not in attributes:
+                    return node
+                holder = ast.Name(_STRUCT_ARG, ast.Load())
+                return ast.copy_location(
+                    ast.Attribute(holder, attributes[node.id], ast.Load()), node
+                )
+
+        body = ToAttributes().visit(copy.deepcopy(self._tree)).body
+        arguments = ast.arguments([], [ast.arg(_STRUCT_ARG)], None, [], [], None, [])
+        tree = ast.fix_missing_locations(ast.Expression(ast.Lambda(arguments, body)))
+        return eval(compile(tree, "<expr>", "eval"), self._globals)  # noqa: S307 - our AST
 
     def __reduce__(self):
         return (Expr, (self.text,))

@@ -17,11 +17,12 @@ purpose. Failures of the callables raise, or with ``with_dead_letters()`` become
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from apache_beam.metrics import Metrics
 
+from transforms.decoding.columnar import StructRows
 from transforms.preprocessing.expressions import Expr
 from transforms.preprocessing.row_stage import METRICS_NAMESPACE, RowOp, RowStage
 
@@ -46,6 +47,22 @@ class _FilterOp(RowOp):
             return (row,)
         self._rejected.inc()
         return ()
+
+    def on_batch(self, rows: Sequence[Any]) -> StructRows | None:
+        """An expression over rows kept column-wise: evaluated on the structs, the kept ones
+        staying column-wise (None otherwise, or when a row fails)."""
+        if type(rows) is not StructRows or not isinstance(self._predicate, Expr):
+            return None
+        test = self._predicate.on_structs(rows.layout.attributes)
+        if test is None:
+            return None
+        try:
+            kept = rows.compress(list(map(test, rows.structs)))
+        except Exception:  # noqa: BLE001 - the row-by-row path raises or dead-letters it
+            return None
+        if len(kept) < len(rows):
+            self._rejected.inc(len(rows) - len(kept))
+        return kept
 
 
 class Filter(RowStage):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -55,6 +55,12 @@ class RowOp:
     def __call__(self, row: Mapping[str, Any], *side: Any) -> Iterable[dict[str, Any]]:
         raise NotImplementedError
 
+    def on_batch(self, rows: Sequence[Any], *side: Any) -> Sequence[Any] | None:
+        """The output rows of a whole batch in one go (e.g. column-wise), or None to have the
+        batch taken row by row; only for batches no row of which fails (a failing row is
+        handled, raised or dead-lettered, by the row-by-row path)."""
+        return None
+
 
 class _RowFn(beam.DoFn):
     """Runs ``op(row, *side)`` for each row; routes failures to dead letters when asked to."""
@@ -95,8 +101,13 @@ class _BatchRowFn(_RowFn):
     one by one; Beam's per-element cost is paid per batch."""
 
     def process(self, rows, *side):
-        out = Batch()
         op = self._op
+        whole = op.on_batch(rows, *side)
+        if whole is not None:
+            if whole:
+                yield whole
+            return
+        out = Batch()
         for row in rows:
             try:
                 out.extend(op(row, *side))

@@ -70,6 +70,24 @@ def test_expression_unknown_field_and_pickling():
     assert copy == expr and copy({"speed": 2}) is True
 
 
+def test_expressions_over_structs_read_the_fields_as_the_row_would():
+    import msgspec
+
+    layout = {"speed": "speed", "car-id": "f1", "abs": "f2", "x": "x"}
+    Struct = msgspec.defstruct("Struct", [("speed", float), ("f1", str), ("f2", int), ("x", int)])
+    struct = Struct(speed=130.0, f1="car-1", f2=-3, x=1)
+    row = {"speed": 130.0, "car-id": "car-1", "abs": -3, "x": 1}
+    for text in ("speed > 100 and x in (1, 2)", "abs + 1", "upper(lower('A')) == 'A'"):
+        expr = Expr(text)
+        assert expr.on_structs(layout)(struct) == expr(row), text  # a field shadows abs()
+    fast = Expr("speed > 1")
+    assert fast.on_structs(layout) is fast.on_structs(layout)  # compiled once per layout
+    with pytest.raises(NameError, match="colour"):
+        Expr("colour == 'red'").on_structs(layout)(struct)
+    # the compiled argument's name, used as an unknown field, must not read the struct
+    assert Expr("_kbml_row_struct is None").on_structs(layout) is None
+
+
 # -- Filter / Project in pipelines ----------------------------------------------------------------
 
 
