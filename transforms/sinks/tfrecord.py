@@ -34,20 +34,19 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import operator
-import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import WriteToTFRecord
 
 from transforms.batch import Batch
 from transforms.dead_letter import DEAD_LETTER_TAG, DeadLetter
-from transforms.decoding.schema import Field, RowSchema
+from transforms.decoding.columnar import StructRows
+from transforms.decoding.schema import RowSchema
 from transforms.sinks.batch_files import WriteBatchFiles, tfrecord_frames
+from transforms.sinks.example_wire import FLOAT_TYPES, INT_TYPES, ExampleEncoder, check_supported
 
 __all__ = [
     "WriteTFRecords",
@@ -65,9 +64,6 @@ SCHEMA_FILE = "schema.json"
 #: Name of the tf.Transform pointer written beside the shards when a transform dir is given.
 TRANSFORM_POINTER_FILE = "transform.json"
 
-_FLOAT_TYPES = frozenset({"FLOAT", "NUMERIC"})
-_INT_TYPES = frozenset({"INTEGER", "BOOLEAN"})
-
 
 class TFRecordWriteResult(NamedTuple):
     """``files``: the final shard names; ``metadata_files``: schema/transform JSON written;
@@ -78,211 +74,13 @@ class TFRecordWriteResult(NamedTuple):
     dead_letters: beam.PCollection
 
 
-def _check_supported(schema: RowSchema) -> None:
-    unsupported = [f.name for f in schema if f.type == "RECORD"]
-    if unsupported:
-        raise ValueError(f"RECORD fields cannot be written as tf.Example features: {unsupported}")
-
-
-def _encode(field: Field, value: Any) -> Any:
-    """One value as a float, int or bytes for its feature list; TypeError when it does not fit."""
-    if field.type in _FLOAT_TYPES:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TypeError(f"field {field.name!r}: expected a number, got {value!r}")
-        return float(value)
-    if field.type == "INTEGER":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"field {field.name!r}: expected an integer, got {value!r}")
-        return value
-    if field.type == "BOOLEAN":
-        if not isinstance(value, bool):
-            raise TypeError(f"field {field.name!r}: expected a boolean, got {value!r}")
-        return int(value)
-    if field.type == "BYTES":
-        if not isinstance(value, bytes | bytearray):
-            raise TypeError(f"field {field.name!r}: expected bytes, got {type(value).__name__}")
-        return bytes(value)
-    if not isinstance(value, str):  # STRING and TIMESTAMP (RFC 3339 text)
-        raise TypeError(f"field {field.name!r}: expected a string, got {value!r}")
-    return value.encode("utf-8")
-
-
-def _varint(number: int) -> bytes:
-    if number < 0x80:
-        return _ONE_BYTE[number]
-    out = bytearray()
-    while number > 0x7F:
-        out.append((number & 0x7F) | 0x80)
-        number >>= 7
-    out.append(number)
-    return bytes(out)
-
-
-def _delimited(tag: bytes, payload: bytes) -> bytes:
-    """A length-delimited protobuf field: tag byte, varint length, payload."""
-    return tag + _varint(len(payload)) + payload
-
-
-def _packed_floats(values: list[float]) -> bytes:
-    """float32 little-endian, as protobuf stores ``float_list``; beyond float32 range → ±inf."""
-    try:
-        return struct.pack(f"<{len(values)}f", *values)
-    except OverflowError:
-        with np.errstate(over="ignore"):
-            return np.asarray(values, dtype="<f4").tobytes()
-
-
-def _packed_int64s(values: list[int]) -> bytes:
-    for value in values:
-        if not _INT64_MIN <= value <= _INT64_MAX:
-            raise ValueError(f"value {value} is out of the int64 range")
-    return b"".join(_varint(value & _UINT64_MASK) for value in values)
-
-
-# Wire tags of tf.train.Example (tensorflow/core/example/{example,feature}.proto): every field
-# used is length-delimited (wire type 2), field number n → tag (n << 3) | 2.
-_TAG_1, _TAG_2, _TAG_3 = b"\x0a", b"\x12", b"\x1a"
-_ONE_BYTE = tuple(bytes((number,)) for number in range(0x80))
-_INT64_MIN, _INT64_MAX, _UINT64_MASK = -(2**63), 2**63 - 1, 2**64 - 1
-_JUST_FLOAT = {float}
-
-
-def _feature(field_type: str, values: list) -> bytes:
-    """A ``Feature`` message: its float_list (2), int64_list (3) or bytes_list (1)."""
-    if field_type in _FLOAT_TYPES:
-        return _delimited(_TAG_2, _delimited(_TAG_1, _packed_floats(values)))
-    if field_type in _INT_TYPES:
-        return _delimited(_TAG_3, _delimited(_TAG_1, _packed_int64s(values)))
-    return _delimited(_TAG_1, b"".join(_delimited(_TAG_1, v) for v in values))
-
-
-def _map_entry(key: bytes, feature: bytes) -> bytes:
-    """One ``Features.feature`` map entry (field 1 of Features): key (1), Feature (2)."""
-    return _delimited(_TAG_1, key + _delimited(_TAG_2, feature))
-
-
-def _entry_encoder(field: Field, key: bytes) -> Callable[[Any], bytes]:
-    """``value → map entry bytes`` for one field (value not None); TypeError / ValueError when
-    it does not fit. Single strings and small integers, with every length one varint byte, are
-    written by one bytes formatting instead of the nested general path."""
-
-    def general(value: Any) -> bytes:
-        if field.repeated:
-            if not isinstance(value, list | tuple):
-                raise TypeError(f"REPEATED field {field.name!r}: expected a list, got {value!r}")
-            return _map_entry(key, _feature(field.type, [_encode(field, v) for v in value]))
-        return _map_entry(key, _feature(field.type, [_encode(field, value)]))
-
-    if field.repeated:
-        return general
-    if field.type in ("STRING", "TIMESTAMP"):
-        # entry = 0a L1 key 12 L2 feature; feature = 0a L3 (0a n value): L1 = len(key)+n+6
-        limit = 0x80 - 6 - len(key)
-
-        def short_string(value: Any) -> bytes:
-            if type(value) is str:
-                data = value.encode("utf-8")
-                size = len(data)
-                if size < limit:
-                    return b"\x0a%c%b\x12%c\x0a%c\x0a%c%b" % (
-                        size + 6 + len(key),
-                        key,
-                        size + 4,
-                        size + 2,
-                        size,
-                        data,
-                    )
-            return general(value)
-
-        return short_string
-    if field.type == "INTEGER" and len(key) + 7 < 0x80:
-        head = b"\x0a%c%b\x12\x05\x1a\x03\x0a\x01" % (len(key) + 7, key)
-
-        def small_integer(value: Any) -> bytes:
-            if type(value) is int and 0 <= value < 0x80:
-                return head + _ONE_BYTE[value]
-            return general(value)
-
-        return small_integer
-    return general
-
-
-class _ExampleEncoder:
-    """Rows of one schema → serialized ``tf.train.Example``, with the per-field plan built once.
-
-    Why bytes written by hand: building the protobuf message cost ~25 µs per 33-field row (upb),
-    most of the TFRecord export's time; the wire format of Example → Features → map entry
-    (key, Feature) → Float/Int64/BytesList is small and fixed. A unit test checks that protobuf
-    parses every encoding back to the message the protobuf API builds.
-    """
-
-    def __init__(self, schema: RowSchema) -> None:
-        _check_supported(schema)
-        self._fields = tuple(schema)
-        self._names = frozenset(schema.names)
-        self._keys = {f.name: _delimited(_TAG_1, f.name.encode("utf-8")) for f in self._fields}
-        # Single FLOAT fields, the bulk of a training row, are packed by one struct call: each
-        # map entry is a constant prefix (key + Feature{float_list{4 bytes}}) and the float.
-        fast = [f for f in self._fields if f.type == "FLOAT" and not f.repeated]
-        if len(fast) < 2:
-            fast = []
-        # (name, required, value → entry bytes) per field, all fields and those not packed fast
-        plan = {f.name: (f.name, f.required, _entry_encoder(f, self._keys[f.name])) for f in schema}
-        self._plan = tuple(plan.values())
-        self._rest = tuple(plan[f.name] for f in self._fields if f not in fast)
-        self._fast_get = operator.itemgetter(*(f.name for f in fast)) if fast else None
-        # the entry of one float, less its last 4 bytes (the float)
-        prefixes = [_map_entry(self._keys[f.name], _feature("FLOAT", [0.0]))[:-4] for f in fast]
-        self._fast_pack = struct.Struct("<" + "".join(f"{len(p)}sf" for p in prefixes)).pack
-        self._fast_args = [item for prefix in prefixes for item in (prefix, 0.0)]
-
-    def serialize(self, row: Mapping[str, Any]) -> bytes:
-        """The Example's wire bytes; ValueError / TypeError when the row does not fit."""
-        if not self._names.issuperset(row):
-            raise ValueError(f"fields not in the schema: {sorted(set(row) - self._names)}")
-        entries = [self._pack_fast(row)]
-        get = row.get
-        for name, required, entry in self._rest if entries[0] else self._plan:
-            value = get(name)
-            if value is None:
-                if required:
-                    raise ValueError(f"REQUIRED field {name!r} is missing")
-                continue
-            entries.append(entry(value))
-        return _delimited(_TAG_1, b"".join(entries))
-
-    def _pack_fast(self, row: Mapping[str, Any]) -> bytes:
-        """The single-FLOAT entries in one struct call, or b"" when a value is not a plain
-        float (missing, None, int, beyond float32): then the general path encodes every field."""
-        if self._fast_get is None:
-            return b""
-        try:
-            values = self._fast_get(row)
-        except KeyError:
-            return b""
-        if set(map(type, values)) != _JUST_FLOAT:
-            return b""
-        args = self._fast_args.copy()
-        args[1::2] = values
-        try:
-            return self._fast_pack(*args)
-        except OverflowError:
-            return b""
-
-    def __call__(self, row: Mapping[str, Any]) -> Any:
-        """The row as a ``tf.train.Example`` message."""
-        from tensorflow.core.example import example_pb2
-
-        return example_pb2.Example.FromString(self.serialize(row))
-
-
 def row_to_example(row: Mapping[str, Any], schema: RowSchema) -> Any:
     """Encode one row as a ``tf.train.Example`` (see the module doc for the type mapping).
 
     Raises:
       ValueError / TypeError: the row does not match ``schema``.
     """
-    return _ExampleEncoder(schema)(row)
+    return ExampleEncoder(schema)(row)
 
 
 def feature_spec(schema: RowSchema) -> dict[str, Any]:
@@ -293,12 +91,12 @@ def feature_spec(schema: RowSchema) -> dict[str, Any]:
     """
     import tensorflow as tf
 
-    _check_supported(schema)
+    check_supported(schema)
     spec = {}
     for field in schema:
-        if field.type in _FLOAT_TYPES:
+        if field.type in FLOAT_TYPES:
             dtype = tf.float32
-        elif field.type in _INT_TYPES:
+        elif field.type in INT_TYPES:
             dtype = tf.int64
         else:
             dtype = tf.string
@@ -317,7 +115,8 @@ class _ToExampleFn(beam.DoFn):
         self._rejected = beam.metrics.Metrics.counter("tfrecord_sink", "rows_rejected")
 
     def setup(self) -> None:
-        self._encode = _ExampleEncoder(self._schema).serialize
+        self._encoder = ExampleEncoder(self._schema)
+        self._encode = self._encoder.serialize
 
     def process(self, row: Mapping[str, Any]):  # noqa: ANN201
         try:
@@ -331,9 +130,16 @@ class _ToExampleFn(beam.DoFn):
 
 
 class _ToExamplesFn(_ToExampleFn):
-    """A batch of rows → one batch of Example wire bytes (dead letters one by one)."""
+    """A batch of rows → one batch of Example wire bytes (dead letters one by one); a batch
+    kept column-wise is encoded column-wise."""
 
     def process(self, rows: list[Mapping[str, Any]]):  # noqa: ANN201
+        if type(rows) is StructRows:  # column-wise, unless a row needs the row path
+            encoded = self._encoder.serialize_columns(rows)
+            if encoded is not None:
+                if encoded:
+                    yield Batch(encoded)
+                return
         examples = Batch()
         encode = self._encode
         for row in rows:
@@ -395,7 +201,7 @@ class WriteTFRecords(beam.PTransform):
         triggering_frequency: int | None = None,
     ) -> None:
         super().__init__()
-        _check_supported(schema)
+        check_supported(schema)
         if num_shards < 0:
             raise ValueError(f"num_shards must be >= 0, got {num_shards}")
         self._output_prefix = output_prefix

@@ -16,7 +16,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 from transforms.decoding.schema import RowSchema
-from transforms.sinks import tfrecord
+from transforms.sinks.example_wire import ExampleEncoder
 from transforms.sinks.tfrecord import (
     SCHEMA_FILE,
     TRANSFORM_POINTER_FILE,
@@ -236,10 +236,11 @@ def _with_protobuf_api(row, schema):
         {"f": 1.0, "s": "z" * 118, "t": "2026-12-04T00:00:00Z", "i": 127, "is": [127]},
         {"f": 1.0, "s": "z" * 119, "i": 128},
         {"f": 1.0, "s": "é" * 60, "i": 0, "b": True},
+        {"f": 1.0, "n": "-12.500000001"},  # NUMERIC as the row contract holds it: exact text
     ],
 )
 def test_hand_written_wire_bytes_parse_to_what_the_protobuf_api_builds(row):
-    serialized = tfrecord._ExampleEncoder(WIDE).serialize(row)
+    serialized = ExampleEncoder(WIDE).serialize(row)
     assert tf.train.Example.FromString(serialized) == _with_protobuf_api(row, WIDE)
 
 
@@ -332,7 +333,7 @@ def test_tfrecord_frames_are_beams_framing_byte_for_byte():
     from transforms.sinks.batch_files import tfrecord_frames
 
     example = row_to_example(GOOD[0], SCHEMA).SerializeToString()
-    records = [b"", b"x", bytes(range(256)) * 40, example]
+    records = [b"", b"x", bytes(range(256)) * 40, example, example, b"y", bytes(70_000), b"x"]
     expected = io.BytesIO()
     for record in records:
         _TFRecordUtil.write_record(expected, record)
