@@ -164,7 +164,9 @@ def build_pipeline(
     # Rows scored for ANOMALY() come one by one.
     file_loads = values["writeMethod"] == "FILE_LOADS"
     batched = file_loads and source.model is None
-    decoded = source.read_and_decode(p, with_records=not file_loads, batched=batched)
+    decoded = source.read_and_decode(
+        p, with_records=not file_loads, batched=batched, columnar=batched
+    )
     sink = WriteRowsToBigQuery(
         table,
         source.output_schema,

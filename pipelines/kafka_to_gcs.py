@@ -184,7 +184,7 @@ def build_pipeline(
     # was most of the export's time (docs/benchmarks.md). Rows scored for ANOMALY() come one by
     # one.
     batched = source.model is None
-    decoded = source.read_and_decode(p, batched=batched)
+    decoded = source.read_and_decode(p, batched=batched, columnar=batched)
     if values["analyzeTransform"]:
         from transforms.preprocessing.tft import AnalyzeAndWriteTransform  # TF Transform is heavy
 

@@ -338,8 +338,9 @@ class RowSource:
         """Kafka → DecodeAndValidate → ``--filter``; ``with_records`` keeps
         ``(KafkaRecord, row)`` pairs; ``batched`` makes ``rows`` lists, one per polled batch
         that kept any row (no per-element Beam cost; not for rows scored for ``ANOMALY()``,
-        which are scored and filtered row by row). ``columnar`` (batched pairs, no
-        ``--filter``): a batch that decodes whole is a
+        which are scored and filtered row by row). ``columnar`` (batched): a batch that decodes
+        whole is a :class:`~transforms.decoding.columnar.StructRows`, filtered and passed on
+        column-wise, or with records (and no ``--filter``) a
         :class:`~transforms.decoding.columnar.ColumnarPairs`, for steps reading a few columns."""
         if self.model is not None:
             if batched:
@@ -349,12 +350,13 @@ class RowSource:
         decoder = self.decoder().with_records() if with_records else self.decoder()
         if batched:
             reader, decoder = reader.batched(), decoder.batched()
-            if columnar and with_records and self.row_filter is None:
+            if columnar and not (with_records and self.row_filter is not None):
                 decoder = decoder.columnar()
         decoded = p | "ReadFromKafka" >> reader | "DecodeAndValidate" >> decoder
         if self.row_filter is None:
             return DecodedRows(decoded.rows, decoded.dead_letters)
-        row_filter = Filter(_OnRow(self.row_filter)).with_dead_letters()
+        predicate = _OnRow(self.row_filter) if with_records else self.row_filter
+        row_filter = Filter(predicate).with_dead_letters()
         kept = decoded.rows | "Filter" >> (row_filter.batched() if batched else row_filter)
         dead_letters = (decoded.dead_letters, kept.dead_letters) | "SourceDeadLetters" >> (
             beam.Flatten()

@@ -36,6 +36,7 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.batch import Batch
+from transforms.decoding.columnar import StructRows
 from transforms.kafka.record import KafkaRecord
 from transforms.sinks.batch_files import WriteBatchFiles
 from transforms.sinks.gcp_endpoints import GcpEndpoints
@@ -51,7 +52,13 @@ _ENCODER = msgspec.json.Encoder()
 
 
 def _json_lines(rows: Sequence[Any]) -> bytes:
-    """Rows, or ``(KafkaRecord, row)`` pairs, as newline-delimited JSON (BYTES base64)."""
+    """Rows, or ``(KafkaRecord, row)`` pairs, as newline-delimited JSON (BYTES base64).
+
+    Rows kept column-wise are encoded from the decoder's structs, which msgspec writes as the
+    row dicts (the same field names and order) without building them.
+    """
+    if type(rows) is StructRows:
+        return _ENCODER.encode_lines(rows.structs)
     if rows and isinstance(rows[0], tuple) and isinstance(rows[0][0], KafkaRecord):
         rows = [row for _, row in rows]
     return _ENCODER.encode_lines(rows)

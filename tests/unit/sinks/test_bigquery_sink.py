@@ -241,3 +241,25 @@ def test_load_file_lines_are_the_streaming_rows_as_json_lines():
     assert [json.loads(line) for line in lines] == [_json_row(row) for row in rows]
     record = KafkaRecord("t", 0, 1, None, b"{}", 0)
     assert _json_lines([(record, row) for row in rows]) == _json_lines(rows)
+
+
+def test_load_file_lines_of_rows_kept_column_wise_are_those_of_the_row_dicts():
+    from transforms.decoding.row_validation import RowValidator
+    from transforms.sinks.bigquery_loads import _json_lines
+
+    schema = RowSchema.from_bigquery_json(
+        [
+            {"name": "event-id", "type": "STRING", "mode": "REQUIRED"},  # a renamed attribute
+            {"name": "class", "type": "FLOAT", "mode": "NULLABLE"},
+            {"name": "raw", "type": "BYTES", "mode": "NULLABLE"},
+            {"name": "at", "type": "TIMESTAMP", "mode": "NULLABLE"},
+            {"name": "price", "type": "NUMERIC", "mode": "NULLABLE"},
+        ]
+    )
+    payloads = [
+        b'{"event-id": "a", "class": 1, "raw": "AP8=", "at": "2026-12-05T01:02:03+01:00"}',
+        b'{"event-id": "b", "price": 12.5, "class": null}',
+    ]
+    columns = RowValidator(schema).decode_json_columns(payloads)
+    assert columns is not None
+    assert _json_lines(columns) == _json_lines(list(columns))
