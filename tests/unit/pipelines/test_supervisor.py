@@ -109,3 +109,16 @@ def test_a_permanent_error_exits_at_once_with_its_code(caplog):
         _run([error])
     assert exited.value.code == EXIT_PERMANENT
     assert "not authorized for the topic" in caplog.text
+
+
+def test_without_a_runner_the_local_fnapi_runner_is_used_not_a_prism_download(monkeypatch):
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    monkeypatch.delenv("FLEX_TEMPLATE_PYTHON_PY_FILE", raising=False)
+    assert type(supervisor.runner_for(PipelineOptions([]))) is FnApiRunner
+    monkeypatch.setenv("FLEX_TEMPLATE_PYTHON_PY_FILE", "/template/main.py")
+    assert supervisor.runner_for(PipelineOptions([])) is None  # Dataflow's launcher decides
+    assert supervisor.runner_for(PipelineOptions(["--runner=DirectRunner"])) is None  # as asked
+    assert type(supervisor.runner_for(PipelineOptions(["--runner=DaskRunner"]))).__name__ == (
+        "DaskRunner"
+    )
