@@ -17,7 +17,7 @@ from google.api_core.exceptions import NotFound
 
 from pipelines import kafka_to_bigquery
 from pipelines.common.options import OptionError
-from transforms.decoding.schema import bundled_schema, bundled_schema_path
+from transforms.decoding.schema import RowSchema, bundled_schema, bundled_schema_path
 from transforms.kafka.record import KafkaRecord
 from transforms.sinks.bigquery import WriteRowsToBigQuery
 
@@ -209,7 +209,7 @@ def test_a_replay_dedupes_on_kafka_coordinate_insert_ids(
 def test_a_retried_load_step_waits_for_its_job_instead_of_loading_twice(
     stack_env, bq_client, bq_dataset, gcp_endpoints, gcs_bucket
 ):
-    from transforms.sinks.bigquery_loads import _json_lines, _LoadFilesFn
+    from transforms.sinks.bigquery_loads import JSON_LINES, _json_lines, _LoadFilesFn
 
     rows = [creditcard_event(i) for i in range(5)]
     bucket = gcs_bucket[len("gs://") :]
@@ -225,6 +225,7 @@ def test_a_retried_load_step_waits_for_its_job_instead_of_loading_twice(
         write_disposition="WRITE_APPEND",
         job_prefix=f"test_{uuid.uuid4().hex}",
         timeout_s=120,
+        source_format=JSON_LINES,
     )
     load.setup()
     first = list(load.process(None, [f"{gcs_bucket}/load/rows.json"]))
@@ -233,3 +234,74 @@ def test_a_retried_load_step_waits_for_its_job_instead_of_loading_twice(
     assert first == again and len(first) == 1
     loaded = table_rows(bq_client, gcp_endpoints, table)
     assert sorted(loaded, key=lambda r: r["event_id"]) == rows
+
+
+EVERY_TYPE = RowSchema.from_bigquery_json(
+    [
+        {"name": "id", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "f", "type": "FLOAT", "mode": "NULLABLE"},
+        {"name": "i", "type": "INTEGER", "mode": "NULLABLE"},
+        {"name": "b", "type": "BOOLEAN", "mode": "NULLABLE"},
+        {"name": "t", "type": "TIMESTAMP", "mode": "NULLABLE"},
+        {"name": "n", "type": "NUMERIC", "mode": "NULLABLE"},
+    ]
+)
+
+
+def test_parquet_load_files_hold_what_json_load_files_hold(
+    stack_env, bq_client, bq_dataset, gcp_endpoints, gcs_bucket
+):
+    """Every type of a flat schema, nulls, row-path and column-wise batches: loaded from Parquet
+    the table reads as when loaded from JSON lines."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from transforms.decoding.row_validation import RowValidator
+    from transforms.sinks.arrow_tables import ArrowTables
+    from transforms.sinks.bigquery_loads import JSON_LINES, PARQUET, _json_lines, _LoadFilesFn
+
+    events = [
+        {"id": "a", "f": 1.5, "i": -(2**63), "b": True, "t": "2026-12-05T01:02:03.5+01:00",
+         "n": "-12.000000001"},
+        {"id": "b", "f": None, "i": 2**63 - 1, "b": False, "t": "0001-01-01T00:00:00Z",
+         "n": 1234567.25},
+        {"id": "c", "t": "9999-12-31T23:59:59.999999Z",
+         "n": "99999999999999999999999999999.999999999"},
+    ]  # fmt: skip
+    validator = RowValidator(EVERY_TYPE)
+    payloads = [json.dumps(event).encode() for event in events]
+    columns = validator.decode_json_columns(payloads)
+    rows = [validator.decode_json_fast(payload) for payload in payloads]
+    assert columns is not None and all(rows)
+    bucket = gcp_endpoints.storage_client().bucket(gcs_bucket[len("gs://") :])
+    files = {PARQUET: [], JSON_LINES: []}
+    tables = ArrowTables(EVERY_TYPE)
+    for number, batch in enumerate((columns[:2], rows[2:])):
+        buffer = io.BytesIO()
+        pq.write_table(tables(batch), buffer)
+        bucket.blob(f"types/{number}.parquet").upload_from_string(buffer.getvalue())
+        files[PARQUET].append(f"{gcs_bucket}/types/{number}.parquet")
+    bucket.blob("types/rows.json").upload_from_string(_json_lines(rows))
+    files[JSON_LINES].append(f"{gcs_bucket}/types/rows.json")
+    loaded = {}
+    for source_format, uris in files.items():
+        table = f"{stack_env['GOOGLE_CLOUD_PROJECT']}.{bq_dataset}.{source_format.lower()}"
+        load = _LoadFilesFn(
+            table,
+            EVERY_TYPE.to_bigquery_json(),
+            endpoints=gcp_endpoints,
+            create_disposition="CREATE_IF_NEEDED",
+            write_disposition="WRITE_APPEND",
+            job_prefix=f"test_{uuid.uuid4().hex}",
+            timeout_s=120,
+            source_format=source_format,
+        )
+        load.setup()
+        assert len(list(load.process(None, uris))) == 1
+        loaded[source_format] = sorted(
+            table_rows(bq_client, gcp_endpoints, table), key=lambda r: r["id"]
+        )
+    assert loaded[PARQUET] == loaded[JSON_LINES]
+    assert [row["id"] for row in loaded[PARQUET]] == ["a", "b", "c"]
+    assert loaded[PARQUET][1]["f"] is None and str(loaded[PARQUET][0]["n"]) == "-12.000000001"
