@@ -17,7 +17,8 @@ instead of a loop.
 On a local runner it also keeps the :class:`~pipelines.common.watchdog.Watchdog` (progress
 lines, exit on a stall) and the Prometheus endpoint
 (:class:`~pipelines.common.metrics_server.MetricsServer`) running across restarts, and keeps the
-runner's per-bundle metrics from growing without bound (:mod:`pipelines.common.bundle_metrics`);
+runner's per-bundle metrics from growing without bound (:mod:`pipelines.common.bundle_metrics`)
+and its bundle ends from idling up to 200 ms (:mod:`pipelines.common.state_sampler`);
 elsewhere the runner's own monitoring applies.
 
 Usage (a pipeline's ``run()``)::
@@ -41,7 +42,7 @@ import apache_beam as beam
 import confluent_kafka
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.common import bundle_metrics
+from pipelines.common import bundle_metrics, state_sampler
 from pipelines.common.metrics_server import MetricsServer
 from pipelines.common.options import OptionError
 from pipelines.common.watchdog import Watchdog
@@ -177,6 +178,7 @@ def _run_watched(
     local = _runs_locally(options)
     if local:
         bundle_metrics.install()
+        state_sampler.install()
     if metrics is not None and local:
         metrics.start()
     if watchdog is not None and local:
