@@ -7,10 +7,11 @@ Produces ``--events`` credit-card JSON events to a fresh topic on the local brok
 * ``kafka_to_gcs``: ``pipelines.kafka_to_gcs.run`` — read → decode/validate → ``--filter`` →
   tf.Example TFRecord shards in a local directory (DirectRunner, this process);
 * ``kafka_to_bigquery FILE_LOADS``: ``pipelines.kafka_to_bigquery.run --writeMethod=FILE_LOADS``
-  — the same source → newline-JSON files on the GCS emulator → one load job into the BigQuery
+  — the same source → Parquet files on the GCS emulator → one load job into the BigQuery
   emulator (all ``--events``; the time includes the load job);
-* ``load job alone``: the same rows as one newline-JSON file on the GCS emulator, loaded by one
-  job — the emulator's own load time, for scale (read + load is FILE_LOADS' ceiling);
+* ``load job alone``: the same rows as one Parquet file (the format FILE_LOADS writes for this
+  schema) on the GCS emulator, loaded by one job — the emulator's own load time, for scale
+  (read + load is FILE_LOADS' ceiling);
 * ``kafka_to_bigquery``: ``pipelines.kafka_to_bigquery.run`` — the same source → streaming
   inserts into the BigQuery emulator (``--bq-events`` of them: the emulator is the bottleneck);
 * ``insertAll loop``: the same rows, already decoded, sent with google-cloud-bigquery
@@ -73,6 +74,22 @@ def _produce(config: KafkaConfig, events: int, partitions: int) -> str:
     producer.flush(120)
     print(f"produced {events} events to {topic} in {time.perf_counter() - started:.1f}s")
     return topic
+
+
+def _parquet(events: int) -> bytes:
+    """The events as one Parquet file, as FILE_LOADS writes them."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from transforms.decoding.row_validation import RowValidator
+    from transforms.sinks.arrow_tables import ArrowTables
+
+    schema = bundled_schema("creditcard")
+    rows = RowValidator(schema).decode_json_fast_all([_event(i) for i in range(events)])
+    buffer = io.BytesIO()
+    pq.write_table(ArrowTables(schema)(rows), buffer)
+    return buffer.getvalue()
 
 
 def _raw_consume(config: KafkaConfig, topic: str, events: int, partitions: int) -> None:
@@ -140,9 +157,7 @@ def main() -> None:
     bucket = endpoints.storage_client().create_bucket(f"bench-export-{uuid.uuid4().hex[:8]}")
 
     topic = _produce(config, args.events, args.partitions)
-    bucket.blob("load_alone.json").upload_from_string(
-        b"".join(_event(i) + b"\n" for i in range(args.events))
-    )
+    bucket.blob("load_alone.parquet").upload_from_string(_parquet(args.events))
     bq_topic = topic if args.skip_streaming else _produce(config, args.bq_events, args.partitions)
     time.sleep(args.settle)  # noida-db snapshots its state a few seconds after writes
 
@@ -195,15 +210,16 @@ def main() -> None:
             bq.delete_dataset(dataset, delete_contents=True, retry=endpoints.bigquery_retry)
 
     def load_job_alone() -> None:
-        """The emulator's own load ceiling: the same rows as one JSON-lines file, one job."""
+        """The emulator's own load ceiling: the same rows as one Parquet file (the format
+        FILE_LOADS writes for this schema), one job."""
         dataset = f"bench_{uuid.uuid4().hex[:8]}"
         bq.create_dataset(dataset, retry=endpoints.bigquery_retry)
         try:
             job = bq.load_table_from_uri(
-                f"gs://{bucket.name}/load_alone.json",
+                f"gs://{bucket.name}/load_alone.parquet",
                 f"{args.project}.{dataset}.events",
                 job_config=bigquery.LoadJobConfig(
-                    source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
+                    source_format=bigquery.SourceFormat.PARQUET,
                     schema=[
                         bigquery.SchemaField.from_api_repr(f)
                         for f in bundled_schema("creditcard").to_bigquery_json()["fields"]
