@@ -21,6 +21,7 @@ RUNTIME = [
     "fastavro==1.13.1",
     "google-crc32c==1.9.0",  # TFRecord framing (transforms/sinks/batch_files.py), as Beam's
     "msgspec==0.23.0",  # the decoder's fast JSON path (transforms/decoding/row_validation.py)
+    "pyarrow==25.0.1",  # FILE_LOADS' Parquet files (transforms/sinks/arrow_tables.py); Beam's pin
     "matplotlib>=3.8,<4",
     "tqdm>=4.66,<5",
     "tensorboard==2.21.0",  # the trainer's TensorBoard logs (Keras callback)

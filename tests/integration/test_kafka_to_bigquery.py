@@ -206,10 +206,28 @@ def test_a_replay_dedupes_on_kafka_coordinate_insert_ids(
     assert sorted(rows, key=lambda r: r["event_id"]) == valid
 
 
+def _load_step(gcp_endpoints, table: str, schema: RowSchema, source_format: str):
+    """The pipelines' load step, set up as a worker would, with its own job ids."""
+    from transforms.sinks.bigquery_loads import _LoadFilesFn
+
+    load = _LoadFilesFn(
+        table,
+        schema.to_bigquery_json(),
+        endpoints=gcp_endpoints,
+        create_disposition="CREATE_IF_NEEDED",
+        write_disposition="WRITE_APPEND",
+        job_prefix=f"test_{uuid.uuid4().hex}",
+        timeout_s=120,
+        source_format=source_format,
+    )
+    load.setup()
+    return load
+
+
 def test_a_retried_load_step_waits_for_its_job_instead_of_loading_twice(
     stack_env, bq_client, bq_dataset, gcp_endpoints, gcs_bucket
 ):
-    from transforms.sinks.bigquery_loads import JSON_LINES, _json_lines, _LoadFilesFn
+    from transforms.sinks.bigquery_loads import JSON_LINES, _json_lines
 
     rows = [creditcard_event(i) for i in range(5)]
     bucket = gcs_bucket[len("gs://") :]
@@ -217,17 +235,7 @@ def test_a_retried_load_step_waits_for_its_job_instead_of_loading_twice(
         _json_lines(rows)
     )
     table = f"{stack_env['GOOGLE_CLOUD_PROJECT']}.{bq_dataset}.loaded"
-    load = _LoadFilesFn(
-        table,
-        bundled_schema("creditcard").to_bigquery_json(),
-        endpoints=gcp_endpoints,
-        create_disposition="CREATE_IF_NEEDED",
-        write_disposition="WRITE_APPEND",
-        job_prefix=f"test_{uuid.uuid4().hex}",
-        timeout_s=120,
-        source_format=JSON_LINES,
-    )
-    load.setup()
+    load = _load_step(gcp_endpoints, table, bundled_schema("creditcard"), JSON_LINES)
     first = list(load.process(None, [f"{gcs_bucket}/load/rows.json"]))
     # The runner retries the step (say it died after the job ran): same job id, files gone.
     again = list(load.process(None, [f"{gcs_bucket}/load/rows.json"]))
@@ -259,7 +267,7 @@ def test_parquet_load_files_hold_what_json_load_files_hold(
 
     from transforms.decoding.row_validation import RowValidator
     from transforms.sinks.arrow_tables import ArrowTables
-    from transforms.sinks.bigquery_loads import JSON_LINES, PARQUET, _json_lines, _LoadFilesFn
+    from transforms.sinks.bigquery_loads import JSON_LINES, PARQUET, _json_lines
 
     events = [
         {"id": "a", "f": 1.5, "i": -(2**63), "b": True, "t": "2026-12-05T01:02:03.5+01:00",
@@ -287,17 +295,7 @@ def test_parquet_load_files_hold_what_json_load_files_hold(
     loaded = {}
     for source_format, uris in files.items():
         table = f"{stack_env['GOOGLE_CLOUD_PROJECT']}.{bq_dataset}.{source_format.lower()}"
-        load = _LoadFilesFn(
-            table,
-            EVERY_TYPE.to_bigquery_json(),
-            endpoints=gcp_endpoints,
-            create_disposition="CREATE_IF_NEEDED",
-            write_disposition="WRITE_APPEND",
-            job_prefix=f"test_{uuid.uuid4().hex}",
-            timeout_s=120,
-            source_format=source_format,
-        )
-        load.setup()
+        load = _load_step(gcp_endpoints, table, EVERY_TYPE, source_format)
         assert len(list(load.process(None, uris))) == 1
         loaded[source_format] = sorted(
             table_rows(bq_client, gcp_endpoints, table), key=lambda r: r["id"]

@@ -36,7 +36,7 @@ from apache_beam.io import filebasedsink
 from apache_beam.io.iobase import Write
 from google_crc32c import value as _crc32c
 
-__all__ = ["WriteBatchFiles", "tfrecord_frames", "json_lines"]
+__all__ = ["WriteBatchFiles", "tfrecord_frames", "json_lines", "LengthPrefixes"]
 
 Framing = Callable[[Sequence[bytes]], bytes]
 
@@ -51,19 +51,29 @@ def _masked_crc(data: bytes) -> bytes:
     return _CRC.pack((((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF)
 
 
-class _LengthHeads(dict):
-    """``length → uint64 length + its masked CRC``: records of a batch share a few lengths."""
+class LengthPrefixes(dict):
+    """``size → the bytes before a record of size bytes`` (``make(size)``), cached for sizes
+    below 64 KiB: the records of a batch share a few lengths."""
+
+    def __init__(self, make: Callable[[int], bytes]) -> None:
+        super().__init__()
+        self._make = make
 
     def __missing__(self, size: int) -> bytes:
-        length = _LENGTH.pack(size)
-        head = length + _masked_crc(length)
+        prefix = self._make(size)
         if size < _CACHED_LENGTHS:
-            self[size] = head
-        return head
+            self[size] = prefix
+        return prefix
+
+
+def _length_head(size: int) -> bytes:
+    """TFRecord's uint64 length and its masked CRC."""
+    length = _LENGTH.pack(size)
+    return length + _masked_crc(length)
 
 
 _CACHED_LENGTHS = 1 << 16
-_HEADS = _LengthHeads()
+_HEADS = LengthPrefixes(_length_head)
 
 
 def tfrecord_frames(records: Sequence[bytes]) -> bytes:

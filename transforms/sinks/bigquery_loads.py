@@ -188,7 +188,8 @@ class LoadBatchesToBigQuery(beam.PTransform):
         source_format: str | None = None,
     ) -> None:
         super().__init__()
-        flat = arrow_schema(RowSchema.from_bigquery_json(bq_schema)) is not None
+        row_schema = RowSchema.from_bigquery_json(bq_schema)
+        flat = arrow_schema(row_schema) is not None
         source_format = source_format or (PARQUET if flat else JSON_LINES)
         if source_format not in (PARQUET, JSON_LINES):
             raise ValueError(
@@ -204,6 +205,7 @@ class LoadBatchesToBigQuery(beam.PTransform):
         self._write_disposition = write_disposition
         self._timeout_s = timeout_s
         self._source_format = source_format
+        self._tables = ArrowTables(row_schema) if source_format == PARQUET else None
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         # Fixed once per built pipeline: retries of the load step reuse the job ids.
@@ -213,12 +215,11 @@ class LoadBatchesToBigQuery(beam.PTransform):
         )
         # Encoded before the file sink: Beam's sink reads its input across a stage boundary,
         # where a batch of JSON bytes or an Arrow table costs a tenth of a batch of row dicts.
-        if self._source_format == PARQUET:
-            tables = ArrowTables(RowSchema.from_bigquery_json(self._bq_schema))
+        if self._tables is not None:
             files = (
                 batches
-                | "ToArrowTables" >> beam.Map(tables)
-                | "WriteLoadFiles" >> WriteParquetBatches(prefix, tables.schema)
+                | "ToArrowTables" >> beam.Map(self._tables)
+                | "WriteLoadFiles" >> WriteParquetBatches(prefix, self._tables.schema)
             )
         else:
             files = (

@@ -27,6 +27,7 @@ import numpy as np
 
 from transforms.decoding.columnar import StructRows
 from transforms.decoding.schema import Field, RowSchema
+from transforms.sinks.batch_files import LengthPrefixes
 
 __all__ = ["ExampleEncoder", "check_supported", "FLOAT_TYPES", "INT_TYPES"]
 
@@ -259,20 +260,6 @@ class ExampleEncoder:
 _MISSING: Any = object()
 
 
-class _LengthPrefixes(dict):
-    """``size → bytes`` before a value of ``size`` bytes, built on first use (``make``)."""
-
-    def __init__(self, make: Callable[[int], bytes]) -> None:
-        super().__init__()
-        self._make = make
-
-    def __missing__(self, size: int) -> bytes:
-        prefix = self._make(size)
-        if size < _CACHED_SIZES:
-            self[size] = prefix
-        return prefix
-
-
 class _ValueEntries(dict):
     """``value → map entry`` of one INTEGER/BOOLEAN field; the booleans and small integers
     built up front, any other value encoded when met."""
@@ -285,10 +272,9 @@ class _ValueEntries(dict):
         return self._entry(value)
 
 
-_CACHED_SIZES = 1 << 16
 _CACHED_INTS = 128
 #: Example = field 1 (Features) holding the entries: ``0a`` + the entries' length.
-_EXAMPLE_HEADS = _LengthPrefixes(lambda size: _TAG_1 + _varint(size))
+_EXAMPLE_HEADS = LengthPrefixes(lambda size: _TAG_1 + _varint(size))
 
 
 def _string_prefix(key: bytes) -> Callable[[int], bytes]:
@@ -312,7 +298,7 @@ def _column_encoder(
         return [[b"" if v is None else entry(v) for v in values]]
 
     if field.type in ("STRING", "TIMESTAMP") and not field.repeated:
-        prefixes = _LengthPrefixes(_string_prefix(key))
+        prefixes = LengthPrefixes(_string_prefix(key))
 
         def strings(values: list[Any]) -> list[list[bytes]]:
             if None in values:
