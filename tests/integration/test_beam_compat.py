@@ -180,7 +180,9 @@ def test_commit_offset_in_finalize_commits_the_group_offsets(
     kafka_bootstrap, topic_factory, group_id
 ):
     topic = topic_factory(partitions=2)
-    _produce(kafka_bootstrap, topic, [(None, f"{i}".encode(), None) for i in range(30)])
+    # Keyed, so both partitions hold records: unkeyed messages may all stick to one partition,
+    # and an empty partition has no offset to commit.
+    _produce(kafka_bootstrap, topic, [(f"k{i}".encode(), f"{i}".encode(), None) for i in range(30)])
     config = {
         "bootstrap.servers": kafka_bootstrap,
         "group.id": group_id,
