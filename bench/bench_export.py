@@ -17,6 +17,10 @@ Produces ``--events`` credit-card JSON events to a fresh topic on the local brok
 * ``insertAll loop``: the same rows, already decoded, sent with google-cloud-bigquery
   ``insert_rows_json`` in batches of 500 — the emulator's own ceiling, for scale.
 
+Before each timed run the benchmark waits for the stack's broker to go idle: noida-db rewrites
+its whole state a few seconds after each change (a pipeline's offset commits are one), burning a
+core for seconds, which otherwise lands in whichever run comes next.
+
 Pipeline times include pipeline start-up. CPU-seconds (user + system of this process, which runs
 the pipelines in-process) are printed per run as µs of CPU per row. Needs the local stack
 (``scripts/stack.sh up``; pass its ports from ``scripts/stack.sh env``)::
@@ -39,6 +43,7 @@ import uuid
 from collections.abc import Callable
 
 import tensorflow  # noqa: F401 - imported up front so no timed run pays TF's import (5-20 s)
+from bench_scoring import stack_kafka_pid, wait_until_idle
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from google.cloud import bigquery
@@ -107,9 +112,12 @@ def _cpu_s() -> float:
 
 
 def _timed(name: str, repeats: int, rows: int, action: Callable[[], None]) -> float:
-    """Median rows/s over ``repeats`` runs of ``action``; prints µs of this process's CPU/row."""
+    """Median rows/s over ``repeats`` runs of ``action``, each after the broker went idle;
+    prints µs of this process's CPU/row."""
     rates = []
+    broker = stack_kafka_pid()
     for attempt in range(repeats):
+        wait_until_idle(broker, quiet_s=1.0)
         started, cpu = time.perf_counter(), _cpu_s()
         action()
         seconds, cpu = time.perf_counter() - started, _cpu_s() - cpu

@@ -102,16 +102,22 @@ class PrivateBroker:
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def pid(self) -> int | None:
-        status = subprocess.run(
-            [os.path.join(REPO, "scripts", "stack.sh"), "status"],
-            env=self._env,
-            capture_output=True,
-            text=True,
-        ).stdout
-        for line in status.splitlines():
-            if line.startswith("kafka") and "pid=" in line:
-                return int(line.split("pid=")[1].split()[0])
-        return None
+        return stack_kafka_pid(self._env)
+
+
+def stack_kafka_pid(env: dict[str, str] | None = None) -> int | None:
+    """The PID of the stack's broker (``scripts/stack.sh status`` under ``env``), if up."""
+    status = subprocess.run(
+        [os.path.join(REPO, "scripts", "stack.sh"), "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+    ).stdout
+    for line in status.splitlines():
+        if line.startswith("kafka") and "pid=" in line:
+            pid = line.split("pid=")[1].split()[0]
+            return int(pid) if pid.isdigit() else None
+    return None
 
 
 def cpu_seconds(pid: int) -> float:
