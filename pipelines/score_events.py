@@ -123,9 +123,6 @@ ScoreEventsOptions = options_class("ScoreEventsOptions", OPTIONS)
 #: reader bundle (ReadFromKafka's 1 s default cost ~1-2 s end to end on the local runner).
 _STREAM_BATCH_WAIT_S = 0.05
 _STREAM_BUNDLE_S = 0.1
-#: A batch re-score reads in long bundles: each bundle end waits for the producer's acks (and,
-#: locally, for Beam's state sampler), which at the reader's 0.5 s default cost ~10 % of the run.
-_BATCH_BUNDLE_S = 5.0
 #: Rows per model call. A call costs ~0.2 ms plus ~0.3 µs a row here (30-feature autoencoder),
 #: and each batch pays Beam's per-element hops from the model to the producer: a batch job
 #: scores the backlog in large calls; a stream keeps calls short for latency.
@@ -174,7 +171,8 @@ def build_pipeline(
         raise OptionError(f"--predictionFields={fields!r}: {err}") from err
     config = source.kafka
     # Streaming: short reader bundles, since on the local runner outputs leave about a bundle late.
-    reader_options = {"max_process_s": _STREAM_BUNDLE_S if source.streaming else _BATCH_BUNDLE_S}
+    # A batch re-score keeps the batch default (long bundles: each end waits for the acks).
+    reader_options = {"max_process_s": _STREAM_BUNDLE_S} if source.streaming else {}
     # Lists from the reader to the producer (a list per poll, then per model call): Beam's
     # per-element cost between steps was most of the scorer's time. --filter works row by row,
     # so it reads unbatched.

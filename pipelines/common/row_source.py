@@ -47,6 +47,7 @@ __all__ = [
     "DecodedRows",
     "TABLE_SPEC_REGEX",
     "DEFAULT_DEAD_LETTER_MAX_PAYLOAD_BYTES",
+    "BATCH_BUNDLE_S",
     "group_lease",
     "load_schema",
 ]
@@ -59,6 +60,11 @@ TABLE_SPEC_REGEX = r"([a-z][a-z0-9.\-]*[a-z0-9]:)?[A-Za-z0-9_]{1,1024}\.[A-Za-z0
 #: ``--deadLetterMaxPayloadBytes`` default: 512 KiB is ~683 KiB in base64, so a dead letter with
 #: its metadata fits a default 1 MB Kafka record.
 DEFAULT_DEAD_LETTER_MAX_PAYLOAD_BYTES = 512 * 1024
+
+#: Longest reader bundle of a batch read (the reader's 0.5 s default suits streams). A bundle end
+#: costs a file of its own (exports), a wait for the producer's acks (the scorer) and, locally,
+#: Beam's state sampler: a 200k-event FILE_LOADS export ran as two bundles, the second ~0.45 s.
+BATCH_BUNDLE_S = 5.0
 
 #: Options of the source half: Kafka, GCP endpoints, message format and schema.
 ROW_SOURCE: tuple[Option, ...] = (
@@ -299,8 +305,11 @@ class RowSource:
         """The Kafka read: bounded by the end offsets at launch unless streaming.
 
         ``options`` are further ``ReadFromKafka`` arguments, e.g. ``max_process_s`` (the scorer
-        shortens bundles for latency).
+        shortens bundles for latency). A batch read defaults to long bundles
+        (:data:`BATCH_BUNDLE_S`).
         """
+        if not self.streaming:
+            options = {"max_process_s": BATCH_BUNDLE_S, **options}
         try:
             return ReadFromKafka(
                 self.kafka,

@@ -176,3 +176,16 @@ def test_filter_failures_on_record_pairs_dead_letter_the_kafka_bytes():
             equal_to([("filter", "TypeError", b"null", 2)]),
             label="dead letters",
         )
+
+
+@pytest.mark.parametrize("prepare", [_bq, _gcs])
+def test_a_batch_read_runs_in_long_bundles_and_a_stream_in_short_ones(prepare):
+    """A bundle end costs a file and a commit: a bounded export reads in bundles of up to
+    BATCH_BUNDLE_S, a stream keeps the reader's short default (its rows flow a bundle late)."""
+    from pipelines.common.row_source import BATCH_BUNDLE_S
+
+    batch = prepare().reader()
+    assert batch._read_kwargs["max_process_s"] == BATCH_BUNDLE_S
+    assert prepare().reader(max_process_s=0.2)._read_kwargs["max_process_s"] == 0.2
+    stream = prepare("--streaming").reader()
+    assert stream._read_kwargs["max_process_s"] < BATCH_BUNDLE_S
