@@ -128,6 +128,8 @@ def test_file_loads_write_the_same_rows(
         bq_client, gcp_endpoints, f"{project}.{bq_dataset}.transactions_error_records"
     )
     assert [letter["payload"] for letter in letters] == [b"[1, 2]"]
+    bucket = gcp_endpoints.storage_client().bucket(gcs_bucket[len("gs://") :])
+    assert [blob.name for blob in bucket.list_blobs(prefix="tmp/bigquery_loads/")] == []
 
 
 def test_unreachable_bigquery_or_missing_dataset_fail_at_launch_naming_the_flag(
@@ -206,8 +208,9 @@ def test_a_replay_dedupes_on_kafka_coordinate_insert_ids(
     assert sorted(rows, key=lambda r: r["event_id"]) == valid
 
 
-def _load_step(gcp_endpoints, table: str, schema: RowSchema, source_format: str):
-    """The pipelines' load step, set up as a worker would, with its own job ids."""
+def _load_step(gcp_endpoints, table: str, schema: RowSchema, source_format: str, folder: str):
+    """The pipelines' load step, set up as a worker would, with its own job ids; it deletes
+    ``folder`` after loading."""
     from transforms.sinks.bigquery_loads import _LoadFilesFn
 
     load = _LoadFilesFn(
@@ -219,6 +222,7 @@ def _load_step(gcp_endpoints, table: str, schema: RowSchema, source_format: str)
         job_prefix=f"test_{uuid.uuid4().hex}",
         timeout_s=120,
         source_format=source_format,
+        folder=folder,
     )
     load.setup()
     return load
@@ -235,7 +239,9 @@ def test_a_retried_load_step_waits_for_its_job_instead_of_loading_twice(
         _json_lines(rows)
     )
     table = f"{stack_env['GOOGLE_CLOUD_PROJECT']}.{bq_dataset}.loaded"
-    load = _load_step(gcp_endpoints, table, bundled_schema("creditcard"), JSON_LINES)
+    load = _load_step(
+        gcp_endpoints, table, bundled_schema("creditcard"), JSON_LINES, f"{gcs_bucket}/load"
+    )
     first = list(load.process(None, [f"{gcs_bucket}/load/rows.json"]))
     # The runner retries the step (say it died after the job ran): same job id, files gone.
     again = list(load.process(None, [f"{gcs_bucket}/load/rows.json"]))
@@ -288,14 +294,15 @@ def test_parquet_load_files_hold_what_json_load_files_hold(
     for number, batch in enumerate((columns[:2], rows[2:])):
         buffer = io.BytesIO()
         pq.write_table(tables(batch), buffer)
-        bucket.blob(f"types/{number}.parquet").upload_from_string(buffer.getvalue())
-        files[PARQUET].append(f"{gcs_bucket}/types/{number}.parquet")
-    bucket.blob("types/rows.json").upload_from_string(_json_lines(rows))
-    files[JSON_LINES].append(f"{gcs_bucket}/types/rows.json")
+        bucket.blob(f"parquet/{number}.parquet").upload_from_string(buffer.getvalue())
+        files[PARQUET].append(f"{gcs_bucket}/parquet/{number}.parquet")
+    bucket.blob("json/rows.json").upload_from_string(_json_lines(rows))
+    files[JSON_LINES].append(f"{gcs_bucket}/json/rows.json")
     loaded = {}
     for source_format, uris in files.items():
         table = f"{stack_env['GOOGLE_CLOUD_PROJECT']}.{bq_dataset}.{source_format.lower()}"
-        load = _load_step(gcp_endpoints, table, EVERY_TYPE, source_format)
+        folder = uris[0].rsplit("/", 1)[0]
+        load = _load_step(gcp_endpoints, table, EVERY_TYPE, source_format, folder)
         assert len(list(load.process(None, uris))) == 1
         loaded[source_format] = sorted(
             table_rows(bq_client, gcp_endpoints, table), key=lambda r: r["id"]
