@@ -74,10 +74,11 @@ def _json_lines(rows: Sequence[Any]) -> bytes:
 
 
 class _JsonLinesFile:
-    """An open load file of newline-delimited JSON: a chunk per batch."""
+    """A new load file of newline-delimited JSON in ``folder``: a chunk per batch."""
 
-    def __init__(self, handle: Any) -> None:
-        self._handle = handle
+    def __init__(self, folder: str) -> None:
+        self.path = FileSystems.join(folder, f"{uuid.uuid4().hex}.json")
+        self._handle = FileSystems.create(self.path, mime_type="application/json")
 
     def add(self, rows: Sequence[Any]) -> None:
         if rows:
@@ -91,9 +92,12 @@ class _JsonLinesFile:
 
 
 class _ParquetFile:
-    """An open Parquet load file: each batch as an Arrow table, written in large row groups."""
+    """A new Parquet load file in ``folder``: each batch as an Arrow table, written in large
+    row groups."""
 
-    def __init__(self, handle: Any, tables: ArrowTables) -> None:
+    def __init__(self, folder: str, tables: ArrowTables) -> None:
+        self.path = FileSystems.join(folder, f"{uuid.uuid4().hex}.parquet")
+        handle = FileSystems.create(self.path, mime_type="application/octet-stream")
         self._tables = tables
         self._writer = ParquetBatchWriter(handle, tables.schema)
 
@@ -118,14 +122,17 @@ class _WriteLoadFilesFn(beam.DoFn):
         self._folder = folder
         self._tables = tables
         self._file: _JsonLinesFile | _ParquetFile | None = None
-        self._path = ""
 
     def start_bundle(self) -> None:
         self._abandon()  # left open by a failed bundle
 
     def process(self, rows: Sequence[Any]) -> None:
         if self._file is None:
-            self._file = self._open()
+            self._file = (
+                _JsonLinesFile(self._folder)
+                if self._tables is None
+                else _ParquetFile(self._folder, self._tables)
+            )
         self._file.add(rows)
 
     def finish_bundle(self):  # noqa: ANN201
@@ -133,18 +140,10 @@ class _WriteLoadFilesFn(beam.DoFn):
             return
         file, self._file = self._file, None
         file.close()
-        yield GlobalWindows.windowed_value(self._path)
+        yield GlobalWindows.windowed_value(file.path)
 
     def teardown(self) -> None:
         self._abandon()
-
-    def _open(self) -> _JsonLinesFile | _ParquetFile:
-        if self._tables is None:
-            self._path = FileSystems.join(self._folder, f"{uuid.uuid4().hex}.json")
-            return _JsonLinesFile(FileSystems.create(self._path, mime_type="application/json"))
-        self._path = FileSystems.join(self._folder, f"{uuid.uuid4().hex}.parquet")
-        handle = FileSystems.create(self._path, mime_type="application/octet-stream")
-        return _ParquetFile(handle, self._tables)
 
     def _abandon(self) -> None:
         if self._file is not None:

@@ -49,7 +49,6 @@ class ParquetBatchWriter:
         self._pending_rows = 0
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="parquet-writer")
         self._writing: Future | None = None
-        self.rows = 0
 
     def add(self, table: pa.Table) -> None:
         """Buffer ``table``; hand each full row group to the writing thread."""
@@ -57,7 +56,6 @@ class ParquetBatchWriter:
             return
         self._pending.append(table)
         self._pending_rows += table.num_rows
-        self.rows += table.num_rows
         if self._pending_rows >= self._row_group_rows:
             pending = pa.concat_tables(self._pending)
             full = pending.num_rows // self._row_group_rows * self._row_group_rows
